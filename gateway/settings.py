@@ -1,0 +1,107 @@
+"""The validated configuration, as typed frozen data. gateway.config builds it from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.devprofile import Framing, Profile
+
+
+@dataclass(frozen=True)
+class ChargePointInfo:
+    identity: str  # the OCPP charge-point identity: last path segment of the URL, Basic-auth user
+    vendor: str
+    model: str
+    serial_number: str | None = None
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    url: str  # ws:// or wss://; the identity is appended as the last path segment
+    password_file: Path | None = None  # HTTP Basic auth password (user = identity)
+    ca_file: Path | None = None  # PEM bundle; system CAs when absent
+    response_timeout_s: float = 30.0  # wait for a CALLRESULT before counting the call as failed
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 300.0
+    ping_interval_s: int = 0  # WebSocketPingInterval; 0 = no websocket pings
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    name: str
+    kind: Framing  # rtu, ascii (serial lines) or tcp
+    port: str | None = None  # serial device, e.g. /dev/ttyS1 (serial kinds only)
+    baudrate: int = 19200
+    parity: str = "E"  # N, E, O
+    stopbits: int = 1
+    bytesize: int = 8
+    request_timeout_s: float | None = None  # per-request deadline; None: the profile's
+    poll_interval_s: float = 1.0  # one round over every device of the bus
+
+
+@dataclass(frozen=True)
+class ConnectorSettings:
+    id: int  # OCPP connectorId, 1..N
+    bus: str
+    unit: int  # Modbus unit (slave) id
+    profile: str
+    host: str | None = None  # tcp buses only
+    port: int = 502
+    id_tag: str | None = None  # free-charging idTag for this connector; overrides the site's
+    max_current_a: float | None = None  # installation limit; None: the profile's max
+
+
+@dataclass(frozen=True)
+class AuthorizationSettings:
+    free_charging_id_tag: str | None = None  # site-wide: every plug-in starts a session with this idTag
+
+
+@dataclass(frozen=True)
+class OcppSettings:
+    """Initial values of OCPP configuration keys (the backend may change them later)."""
+
+    heartbeat_interval_s: int = 3600
+    meter_value_sample_interval_s: int = 60
+    meter_values_sampled_data: tuple[str, ...] = (
+        "Energy.Active.Import.Register",
+        "Power.Active.Import",
+        "Current.Import",
+        "Voltage",
+    )
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    path: Path
+
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    """How `charger-gateway simulate` plays the slaves of this config."""
+
+    speed: float = 1.0  # simulated seconds per real second for EV behaviour
+    seed: int | None = None
+    wire_delay: bool = True  # delay each RTU reply by its wire time at the line's baud rate
+    idle_s: tuple[float, float] = (300.0, 3600.0)  # simulated time between unplug and next plug-in
+    session_kwh: tuple[float, float] = (3.0, 30.0)  # energy each EV wants
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    charge_point: ChargePointInfo
+    backend: BackendSettings
+    buses: tuple[BusSettings, ...]
+    connectors: tuple[ConnectorSettings, ...]
+    storage: StorageSettings
+    authorization: AuthorizationSettings = field(default_factory=AuthorizationSettings)
+    ocpp: OcppSettings = field(default_factory=OcppSettings)
+    simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    profiles: dict[str, Profile] = field(default_factory=dict)  # the profiles the connectors use, by name
+
+    def bus(self, name: str) -> BusSettings:
+        return next(b for b in self.buses if b.name == name)
+
+    def profile_of(self, connector: ConnectorSettings) -> Profile:
+        return self.profiles[connector.profile]
