@@ -1,0 +1,85 @@
+"""OCPP 1.6J payloads built from session effects and readings, pure.
+
+Payloads are plain camelCase dicts, exactly as they go on the wire, so that a
+queued message is stored once and replayed byte for byte. transactionId is
+left out of Stop/MeterValues here: it is resolved from the local session key
+at send time (ocpp-gateway-notes.md, field failure 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.clock import Clock
+from gateway.reading import Reading
+from gateway.session import TransactionStarted, TransactionStopped
+
+# Measurands we can fill from a Reading, with their OCPP unit (OCPP 1.6 §7.31, §7.43).
+_PHASES = ("L1", "L2", "L3")
+
+
+def start_transaction(effect: TransactionStarted, clock: Clock) -> dict:
+    tx = effect.transaction
+    return {
+        "connectorId": effect.connector_id,
+        "idTag": tx.id_tag,
+        "meterStart": tx.meter_start_wh,
+        "timestamp": clock.utc_iso(tx.started_wall),
+    }
+
+
+def stop_transaction(effect: TransactionStopped, clock: Clock) -> dict:
+    return {
+        "idTag": effect.transaction.id_tag,
+        "meterStop": effect.meter_stop_wh,
+        "timestamp": clock.utc_iso(effect.wall),
+        "reason": effect.reason,
+    }
+
+
+def _value(number: float) -> str:
+    """OCPP sampled values are strings; keep them short (GPRS bytes) but exact to 0.1."""
+    text = f"{number:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def sampled_values(reading: Reading, measurands: Sequence[str], context: str = "Sample.Periodic") -> list[dict]:
+    """The sampledValue list for one meterValue entry, in the order of `measurands` (MeterValuesSampledData)."""
+    out: list[dict] = []
+
+    def add(measurand: str, number: float | None, unit: str, phase: str | None = None) -> None:
+        if number is None:
+            return
+        item = {"value": _value(number), "context": context, "measurand": measurand, "unit": unit}
+        if phase:
+            item["phase"] = phase
+        out.append(item)
+
+    for measurand in measurands:
+        if measurand == "Energy.Active.Import.Register":
+            add(measurand, reading.energy_wh, "Wh")
+        elif measurand == "Power.Active.Import":
+            add(measurand, reading.power_w, "W")
+        elif measurand == "Current.Import":
+            for phase, amps in zip(_PHASES, reading.current_a):
+                add(measurand, amps, "A", phase)
+        elif measurand == "Voltage":
+            for phase, volts in zip(_PHASES, reading.voltage_v):
+                add(measurand, volts, "V", f"{phase}-N")
+    return out
+
+
+def meter_value(reading: Reading, measurands: Sequence[str], wall: float, clock: Clock) -> dict:
+    """One meterValue entry: a timestamp and its sampled values."""
+    return {"timestamp": clock.utc_iso(wall), "sampledValue": sampled_values(reading, measurands)}
+
+
+def meter_values(connector_id: int, entries: Sequence[dict]) -> dict:
+    return {"connectorId": connector_id, "meterValue": list(entries)}
+
+
+def status_notification(connector_id: int, status: str, error_code: str, info: str | None, wall: float, clock: Clock) -> dict:
+    payload: dict = {"connectorId": connector_id, "errorCode": error_code, "status": status, "timestamp": clock.utc_iso(wall)}
+    if info:
+        payload["info"] = info[:50]  # CiString50Type
+    return payload

@@ -1,0 +1,205 @@
+"""The SQLite store: sessions, the event log and the outbox of transaction messages.
+
+An event counts as seen only once its commit returned. Durability choice:
+WAL journal with synchronous=FULL, so that every commit is fsync'ed to the WAL
+before it returns and survives a power cut (NORMAL would keep the database
+consistent but could lose the last commits, i.e. a session's Stop). The write
+rate is a few rows a minute per connector, so the fsync cost is irrelevant
+next to the flash wear of a lost session.
+
+The outbox holds the OCPP transaction messages (Start/StopTransaction,
+MeterValues) in strict order (OCPP 1.6 §3.7). Each row carries the local
+session key; the backend's transactionId is filled in when the row is read
+for sending, so messages queued while offline never carry a made-up id.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from gateway import ocpp_messages
+from gateway.clock import Clock
+from gateway.errors import LocalProtocolError, StoreError
+from gateway.session import Effect, StatusChanged, Transaction, TransactionStarted, TransactionStopped
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    key TEXT PRIMARY KEY,
+    connector_id INTEGER NOT NULL,
+    id_tag TEXT NOT NULL,
+    meter_start INTEGER NOT NULL,
+    started REAL NOT NULL,
+    meter_stop INTEGER,
+    stopped REAL,
+    stop_reason TEXT,
+    transaction_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS sessions_open ON sessions (connector_id) WHERE stopped IS NULL;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    wall REAL NOT NULL,
+    connector_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL,
+    session_key TEXT REFERENCES sessions (key),
+    payload TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+# Actions whose payload needs the transactionId of their session at send time.
+_NEEDS_TX_ID = frozenset({"StopTransaction", "MeterValues"})
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """The head of the outbox, ready to send: payload complete, message id fixed at queue time."""
+
+    seq: int
+    action: str
+    payload: dict
+    message_id: str
+    session_key: str | None
+    attempts: int
+
+
+def _message_id() -> str:
+    # 12 hex digits: unique enough within one connection, and short on a GPRS link.
+    return uuid.uuid4().hex[:12]
+
+
+class Store:
+    """Thin async layer over one SQLite file; every public method is one atomic commit."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.executescript(_SCHEMA)
+            await db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: {exc}") from exc
+        return cls(db, path)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _write(self, statements: Sequence[tuple[str, tuple]]) -> None:
+        """Run statements in one transaction: all of them are committed, or none."""
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    await self._db.execute(sql, args)
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    async def commit(self, effects: Sequence[Effect], clock: Clock) -> None:
+        """Persist the effects of one poll, atomically, before anything else acts on them."""
+        rows: list[tuple[str, tuple]] = []
+        for effect in effects:
+            if isinstance(effect, TransactionStarted):
+                tx = effect.transaction
+                rows.append((
+                    "INSERT INTO sessions (key, connector_id, id_tag, meter_start, started) VALUES (?, ?, ?, ?, ?)",
+                    (tx.key, effect.connector_id, tx.id_tag, tx.meter_start_wh, tx.started_wall),
+                ))
+                rows.append(self._queue_row("StartTransaction", tx.key, ocpp_messages.start_transaction(effect, clock)))
+                rows.append(self._event_row(tx.started_wall, effect.connector_id, "start", {"session": tx.key, "idTag": tx.id_tag, "meterStart": tx.meter_start_wh}))
+            elif isinstance(effect, TransactionStopped):
+                key = effect.transaction.key
+                rows.append((
+                    "UPDATE sessions SET meter_stop = ?, stopped = ?, stop_reason = ? WHERE key = ?",
+                    (effect.meter_stop_wh, effect.wall, effect.reason, key),
+                ))
+                rows.append(self._queue_row("StopTransaction", key, ocpp_messages.stop_transaction(effect, clock)))
+                rows.append(self._event_row(effect.wall, effect.connector_id, "stop", {"session": key, "meterStop": effect.meter_stop_wh, "reason": effect.reason}))
+            elif isinstance(effect, StatusChanged):
+                rows.append(self._event_row(effect.wall, effect.connector_id, "status", {"status": effect.status, "errorCode": effect.error_code, "info": effect.info}))
+        if rows:
+            await self._write(rows)
+
+    async def queue_meter_values(self, connector_id: int, session_key: str, entries: Sequence[dict]) -> None:
+        payload = ocpp_messages.meter_values(connector_id, entries)
+        await self._write([self._queue_row("MeterValues", session_key, payload)])
+
+    @staticmethod
+    def _queue_row(action: str, session_key: str | None, payload: dict) -> tuple[str, tuple]:
+        return (
+            "INSERT INTO outbox (action, session_key, payload, message_id) VALUES (?, ?, ?, ?)",
+            (action, session_key, json.dumps(payload, separators=(",", ":")), _message_id()),
+        )
+
+    @staticmethod
+    def _event_row(wall: float, connector_id: int, kind: str, data: dict) -> tuple[str, tuple]:
+        return ("INSERT INTO events (wall, connector_id, kind, data) VALUES (?, ?, ?, ?)", (wall, connector_id, kind, json.dumps(data)))
+
+    async def head(self) -> QueuedMessage | None:
+        """The oldest queued transaction message, with its transactionId resolved; None when the outbox is empty."""
+        async with self._db.execute(
+            "SELECT o.seq, o.action, o.payload, o.message_id, o.session_key, o.attempts, s.transaction_id "
+            "FROM outbox o LEFT JOIN sessions s ON s.key = o.session_key ORDER BY o.seq LIMIT 1"
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        seq, action, payload_text, message_id, session_key, attempts, transaction_id = row
+        payload = json.loads(payload_text)
+        if action in _NEEDS_TX_ID:
+            if transaction_id is None:
+                # Strict FIFO means the session's StartTransaction was answered before this row came up.
+                raise LocalProtocolError(f"outbox #{seq} {action}: session {session_key} has no transactionId")
+            payload["transactionId"] = transaction_id
+        return QueuedMessage(seq, action, payload, message_id, session_key, attempts)
+
+    async def acknowledge(self, message: QueuedMessage, result: dict) -> None:
+        """The backend answered `message`: drop it, and keep the transactionId a StartTransaction got."""
+        rows: list[tuple[str, tuple]] = [("DELETE FROM outbox WHERE seq = ?", (message.seq,))]
+        if message.action == "StartTransaction":
+            rows.append(("UPDATE sessions SET transaction_id = ? WHERE key = ?", (int(result["transactionId"]), message.session_key)))
+        await self._write(rows)
+
+    async def count_attempt(self, message: QueuedMessage) -> int:
+        await self._write([("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (message.seq,))])
+        return message.attempts + 1
+
+    async def pending(self) -> int:
+        async with self._db.execute("SELECT count(*) FROM outbox") as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def open_sessions(self) -> dict[int, Transaction]:
+        """Sessions not yet stopped, by connector: what a restarted daemon resumes."""
+        async with self._db.execute(
+            "SELECT connector_id, key, id_tag, meter_start, started FROM sessions WHERE stopped IS NULL ORDER BY started"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {cid: Transaction(key, tag, start, started) for cid, key, tag, start, started in rows}
