@@ -154,3 +154,318 @@ class Profile:
     init_writes: tuple[InitWrite, ...] = ()
     watchdog: Watchdog | None = None
     notes: str = ""
+
+
+# --- loading profiles from YAML (schema: docs/profiles.md) ----------------------------
+
+# Imported here, below the data model, because only the loader needs them.
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+from gateway.yamlschema import (  # noqa: E402
+    INVALID,
+    DictOf,
+    Document,
+    Field,
+    KeyPath,
+    ListOf,
+    Map,
+    close_match,
+    load_document,
+    validate,
+)
+
+# Standard serial rates; anything else is almost always a typo (19020).
+BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+PARITIES = ("N", "E", "O")
+STOPBITS = (1, 2)
+BYTESIZES = (7, 8)
+MAX_READ_COUNT = 125  # registers per FC03/FC04 request (Modbus Application Protocol V1.1b3 §6.3, §6.4)
+
+# The unit each role must be in after `scale`, so the session logic never guesses.
+ROLE_UNITS = {"energy": "Wh", "power": "W"} | {f"{q}_l{i}": u for q, u in (("current", "A"), ("voltage", "V")) for i in (1, 2, 3)}
+
+# Largest raw value an integer register type holds, to check current_limit can be written.
+_INT_RANGES = {DataType.U16: (0, 0xFFFF), DataType.I16: (-0x8000, 0x7FFF), DataType.U32: (0, 0xFFFFFFFF), DataType.I32: (-0x80000000, 0x7FFFFFFF)}
+
+
+def _values_of(enum_type: type[enum.Enum]) -> tuple[str, ...]:
+    return tuple(str(member.value) for member in enum_type)
+
+
+def _nonzero(value: float) -> str | None:
+    return "must not be 0 (a raw value is multiplied by it)" if value == 0 else None
+
+
+def _value_name(name: str) -> str | None:
+    if not name.replace("_", "").isalnum() or not name[0].isalpha() or name != name.lower():
+        return "a value name must be lower-case letters, digits and _ (e.g. current_l1)"
+    return None
+
+
+_ADDRESS = Field(int, required=True, min=0, max=0xFFFF, description="0-based wire (PDU) address")
+_TYPE = Field(str, default=DataType.U16.value, choices=_values_of(DataType))
+_WORD_ORDER = Field(str, default=WordOrder.HIGH_FIRST.value, choices=_values_of(WordOrder))
+_SCALE = Field(float, default=1.0, check=_nonzero, description="engineering value = raw * scale")
+
+_PROFILE = Field(
+    Map(
+        {
+            "name": Field(str, required=True, min=1, description="must equal the file name without .yaml"),
+            "kind": Field(str, required=True, choices=("charger", "meter")),
+            "description": Field(str, required=True, min=1),
+            "notes": Field(str, default=""),
+            "line": Field(
+                Map(
+                    {
+                        "framing": Field(str, required=True, choices=_values_of(Framing)),
+                        "baudrate": Field(int, choices=BAUDRATES),
+                        "parity": Field(str, choices=PARITIES),
+                        "stopbits": Field(int, choices=STOPBITS),
+                        "bytesize": Field(int, choices=BYTESIZES),
+                    }
+                ),
+                required=True,
+            ),
+            "timing": Field(
+                Map(
+                    {
+                        "inter_frame_delay_ms": Field(float, default=0.0, min=0, max=10_000),
+                        "request_timeout_ms": Field(float, default=500.0, above=0, max=60_000),
+                    }
+                )
+            ),
+            "blocks": Field(
+                ListOf(
+                    Field(
+                        Map(
+                            {
+                                "table": Field(str, required=True, choices=_values_of(Table)),
+                                "address": _ADDRESS,
+                                "count": Field(int, required=True, min=1, max=MAX_READ_COUNT),
+                            }
+                        )
+                    )
+                ),
+                required=True,
+                min=1,
+            ),
+            "values": Field(
+                DictOf(
+                    Field(str, check=_value_name),
+                    Field(
+                        Map(
+                            {
+                                "table": Field(str, required=True, choices=_values_of(Table)),
+                                "address": _ADDRESS,
+                                "type": _TYPE,
+                                "word_order": _WORD_ORDER,
+                                "scale": _SCALE,
+                                "unit": Field(str, default=""),
+                                "enum": Field(DictOf(Field(int), Field(str, choices=PILOT_CODES)), min=1),
+                            }
+                        )
+                    ),
+                ),
+                required=True,
+                min=1,
+            ),
+            "control": Field(
+                Map(
+                    {
+                        "current_limit": Field(
+                            Map(
+                                {
+                                    "address": _ADDRESS,
+                                    "type": _TYPE,
+                                    "word_order": _WORD_ORDER,
+                                    "scale": _SCALE,
+                                    "multiple": Field(bool, default=False, description="FC16 instead of FC06"),
+                                }
+                            )
+                        ),
+                        "pause_current_a": Field(float, default=0.0, min=0),
+                        "min_current_a": Field(float, default=6.0, above=0),
+                        "max_current_a": Field(float, default=16.0, above=0),
+                        "phases": Field(int, default=3, choices=(1, 3)),
+                    }
+                )
+            ),
+            "init_writes": Field(
+                ListOf(
+                    Field(
+                        Map(
+                            {
+                                "address": _ADDRESS,
+                                "value": Field(int, required=True, min=0, max=0xFFFF, description="raw register value"),
+                                "multiple": Field(bool, default=False),
+                                "note": Field(str, default=""),
+                            }
+                        )
+                    )
+                ),
+                default=[],
+            ),
+            "watchdog": Field(
+                Map(
+                    {
+                        "timeout_s": Field(float, required=True, above=0),
+                        "keepalive": Field(str, default="poll", choices=("poll",)),
+                    }
+                )
+            ),
+        }
+    )
+)
+
+
+def builtin_profile_dir() -> Path:
+    """The profiles shipped with the gateway (package data gateway/profiles/*.yaml)."""
+    return Path(__file__).resolve().parent / "profiles"
+
+
+def available_profiles(extra_dirs: Sequence[Path] = ()) -> dict[str, Path]:
+    """Every profile that can be named in a config: name (file stem) -> file.
+
+    A profile in an extra directory wins over a built-in one of the same name,
+    and an earlier extra directory over a later one, so a site can patch a
+    shipped profile without touching the package.
+    """
+    found: dict[str, Path] = {}
+    for directory in (builtin_profile_dir(), *reversed(list(extra_dirs))):
+        if directory.is_dir():
+            found.update({p.stem: p for p in sorted(directory.glob("*.yaml")) if p.is_file()})
+    return dict(sorted(found.items()))
+
+
+def load_profile(path: Path) -> Profile:
+    """Read and check one profile file. Raises ConfigError listing every fault with its line."""
+    doc = load_document(path)
+    data = validate(doc, _PROFILE)
+    if isinstance(data, dict):
+        _check_profile(doc, data, Path(path).stem)
+    doc.raise_if_invalid()
+    return _build_profile(data, Path(path))
+
+
+def _check_profile(doc: Document, data: dict[str, Any], stem: str) -> None:
+    """The rules a schema cannot say: names, block layout, units of roles, what a charger needs."""
+    if data.get("name", stem) != stem:
+        doc.error(("name",), f"must equal the file name {stem!r}: configs name a profile by its file name")
+    blocks = [(i, b) for i, b in enumerate(data.get("blocks", [])) if isinstance(b, dict) and len(b) == 3]
+    for i, block in blocks:
+        if block["address"] + block["count"] > 0x10000:
+            doc.error(("blocks", i, "count"), "the block runs past the last register address 65535")
+        for j, other in blocks[: blocks.index((i, block))]:
+            if other["table"] == block["table"] and _overlap(block, other):
+                doc.error(("blocks", i), f"overlaps blocks[{j}] ({_span(other)}); each register is read once per poll")
+    values = data.get("values", {})
+    for name, value in values.items():
+        _check_value(doc, name, value, [b for _, b in blocks])
+    control = data.get("control", {})
+    limit = control.get("current_limit")
+    if data.get("kind") == "charger":
+        state = values.get("state")
+        if "state" not in doc.data.get("values", {}) if isinstance(doc.data.get("values"), dict) else False:
+            doc.error(("values",), "a charger needs a 'state' value (with an enum of pilot codes)")
+        elif state is not None and "enum" not in state:
+            doc.error(("values", "state"), "the state value needs an enum: raw value -> pilot code")
+        if limit is None and not _has(doc.data, "control", "current_limit"):
+            doc.error(("control",), "a charger needs control.current_limit: the register that sets its current")
+    low, high = control.get("min_current_a"), control.get("max_current_a")
+    if low is not None and high is not None and low > high:
+        doc.error(("control", "min_current_a"), f"is above max_current_a ({high:g} A)")
+    pause = control.get("pause_current_a")
+    if pause is not None and low is not None and pause >= low:
+        doc.error(("control", "pause_current_a"), f"must be below min_current_a ({low:g} A): writing it must stop charging")
+    if isinstance(limit, dict) and len(limit) == 5 and high is not None:
+        bounds = _INT_RANGES.get(DataType(limit["type"]))
+        raw = high / limit["scale"]
+        if bounds is not None and not bounds[0] <= round(raw) <= bounds[1]:
+            doc.error(("control", "current_limit", "scale"), f"max_current_a {high:g} A is raw {raw:g}, which does not fit {limit['type']}")
+
+
+def _check_value(doc: Document, name: str, value: dict[str, Any], blocks: list[dict[str, Any]]) -> None:
+    path: KeyPath = ("values", name)
+    if name not in ROLES and (role := close_match(name, list(ROLES))) and name != role and _similar(name, role):
+        doc.error(path, f"looks like a typo of the role {role!r}; a misspelt role would be silently ignored")
+    if {"table", "address", "type"} <= value.keys():
+        words = DataType(value["type"]).words
+        if not any(b["table"] == value["table"] and b["address"] <= value["address"] and value["address"] + words <= b["address"] + b["count"] for b in blocks):
+            span = f"{value['table']} {value['address']}..{value['address'] + words - 1}"
+            doc.error((*path, "address"), f"{span} is not inside one read block ({', '.join(_span(b) for b in blocks) or 'none'})")
+    unit = ROLE_UNITS.get(name)
+    if unit is not None and value.get("unit", unit) != unit:
+        doc.error((*path, "unit"), f"{name} must be in {unit}; use scale to convert (e.g. scale: 1000 for a kWh register)")
+    if name != "state" and "enum" in value:
+        doc.error((*path, "enum"), "an enum is only for the state value")
+
+
+def _similar(name: str, role: str) -> bool:
+    import difflib
+
+    return difflib.SequenceMatcher(None, name, role).ratio() >= 0.85
+
+
+def _has(data: Any, *keys: str) -> bool:
+    """Whether the raw data has this key path at all (even with a faulty value, already reported)."""
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return True
+
+
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return bool(a["address"] < b["address"] + b["count"] and b["address"] < a["address"] + a["count"])
+
+
+def _span(block: dict[str, Any]) -> str:
+    return f"{block['table']} {block['address']}..{block['address'] + block['count'] - 1}"
+
+
+def _build_profile(data: dict[str, Any], source: Path) -> Profile:
+    line, timing, control = data["line"], data["timing"], data["control"]
+    limit = control.get("current_limit")
+    watchdog = data.get("watchdog")
+    return Profile(
+        name=data["name"],
+        kind=data["kind"],
+        description=data["description"],
+        source=source,
+        line=LineDefaults(
+            framing=Framing(line["framing"]),
+            baudrate=line.get("baudrate"),
+            parity=line.get("parity"),
+            stopbits=line.get("stopbits"),
+            bytesize=line.get("bytesize"),
+        ),
+        blocks=tuple(ReadBlock(Table(b["table"]), b["address"], b["count"]) for b in data["blocks"]),
+        values={
+            name: ValueSpec(
+                name=name,
+                table=Table(v["table"]),
+                address=v["address"],
+                type=DataType(v["type"]),
+                word_order=WordOrder(v["word_order"]),
+                scale=v["scale"],
+                unit=v["unit"],
+                enum=dict(v.get("enum", {})),
+            )
+            for name, v in data["values"].items()
+        },
+        inter_frame_delay_s=timing["inter_frame_delay_ms"] / 1000,
+        request_timeout_s=timing["request_timeout_ms"] / 1000,
+        current_limit=(
+            WriteSpec(limit["address"], DataType(limit["type"]), WordOrder(limit["word_order"]), limit["scale"], limit["multiple"])
+            if limit is not None
+            else None
+        ),
+        pause_current_a=control["pause_current_a"],
+        min_current_a=control["min_current_a"],
+        max_current_a=control["max_current_a"],
+        phases=control["phases"],
+        init_writes=tuple(InitWrite(w["address"], w["value"], w["multiple"], w["note"]) for w in data["init_writes"]),
+        watchdog=Watchdog(watchdog["timeout_s"], watchdog["keepalive"]) if watchdog is not None else None,
+        notes=data["notes"],
+    )

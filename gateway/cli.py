@@ -1,0 +1,150 @@
+"""`charger-gateway`: the daemon and the tools installers and technicians run over SSH.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage, 78 config error (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import gateway
+from gateway.errors import ConfigError, GatewayError
+
+EX_CONFIG = ConfigError.exit_code
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    # pymodbus logs every timeout at ERROR; the line layer reports outages once instead.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def run_until_signalled(main: Coroutine[Any, Any, Any]) -> int:
+    """Run `main` until it ends or SIGINT/SIGTERM arrives; a signal cancels it cleanly."""
+
+    async def runner() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await main
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(runner())
+    return 0
+
+
+def _load(path: str) -> Any:
+    from gateway.config import load_config
+
+    return load_config(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon import run_daemon
+
+    config = _load(args.config)
+    return run_until_signalled(run_daemon(config))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.config import load_config_with_warnings
+
+    config, warnings = load_config_with_warnings(args.file)
+    for w in warnings:
+        print(f"warning: {w}")
+    print(
+        f"{args.file}: OK - charge point {config.charge_point.identity}, "
+        f"{len(config.connectors)} connectors on {len(config.buses)} buses, "
+        f"profiles: {', '.join(sorted(config.profiles))}"
+    )
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.simulator.runner import main as simulate_main
+
+    return simulate_main(args.config, speed=args.speed, seed=args.seed, wire_delay=args.wire_delay, events_file=args.events)
+
+
+def cmd_demo_backend(args: argparse.Namespace) -> int:
+    from gateway.demo_backend import main as backend_main
+
+    password = Path(args.password_file).read_text().strip() if args.password_file else None
+    return backend_main(args.host, args.port, password=password, certfile=args.cert, keyfile=args.key)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import main as demo_main
+
+    return demo_main(args.config, duration=args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="charger-gateway", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {gateway.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the gateway daemon")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a config file and its device profiles")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("simulate", help="play the slave chargers of a config (pty RTU lines, loopback TCP)")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.add_argument("--speed", type=float, help="simulated seconds per real second for EV behaviour")
+    p.add_argument("--seed", type=int, help="random seed (reproducible EV arrivals)")
+    p.add_argument("--wire-delay", action=argparse.BooleanOptionalAction, default=None, help="delay RTU replies by their wire time")
+    p.add_argument("--events", metavar="FILE", help="also write every EV event as a JSON line to FILE")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo-backend", help="a small OCPP 1.6J backend that prints the sessions it receives")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--password-file", help="require HTTP Basic auth with this password (user = charge-point identity)")
+    p.add_argument("--cert", help="TLS certificate (PEM): serve wss")
+    p.add_argument("--key", help="TLS private key (PEM)")
+    p.set_defaults(func=cmd_demo_backend)
+
+    p = sub.add_parser("demo", help="simulator, demo backend and daemon together, on the demo config")
+    p.add_argument("-c", "--config", default="config/demo.yaml", metavar="FILE")
+    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        print(f"{len(exc.issues)} error(s); nothing started.", file=sys.stderr)
+        return EX_CONFIG
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

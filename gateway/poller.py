@@ -1,0 +1,153 @@
+"""One poller per connector: reads its slave through the line that owns the bus, drives the session machine.
+
+Thin I/O around pure parts: gateway.registers decodes, gateway.session decides,
+the effect sink commits to SQLite before anything acts on an effect. The
+poller also keeps the slave doing what the session says: no current offered
+outside a transaction (the box charges on its own otherwise), the allowed
+current inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from gateway import ocpp_messages, registers
+from gateway.clock import Clock
+from gateway.devprofile import Profile
+from gateway.errors import DeviceError
+from gateway.modbus_line import ModbusLine, Priority
+from gateway.reading import Reading
+from gateway.session import Connector, Effect, State
+from gateway.settings import BusSettings, ConnectorSettings
+
+log = logging.getLogger("gateway.poller")
+
+EffectSink = Callable[[Sequence[Effect]], Awaitable[None]]
+MeterSink = Callable[[int, str, Sequence[dict]], Awaitable[None]]
+
+# A slave that stopped answering is asked again this many poll periods later, so a
+# dead unit costs the line one timeout per few cycles instead of one per cycle.
+OFFLINE_SLOWDOWN = 5
+
+
+class ConnectorPoller:
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        bus: BusSettings,
+        profile: Profile,
+        line: ModbusLine,
+        connector: Connector,
+        clock: Clock,
+        on_effects: EffectSink,
+        on_meter_values: MeterSink,
+        id_tag: str | None,
+        measurands: Sequence[str],
+        sample_interval_s: float,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.profile = profile
+        self.line = line
+        self.connector = connector
+        self.clock = clock
+        self._on_effects = on_effects
+        self._on_meter_values = on_meter_values
+        self.id_tag = id_tag
+        self.measurands = tuple(measurands)
+        self.sample_interval_s = sample_interval_s
+        self.timeout_s = bus.request_timeout_s or profile.request_timeout_s
+        self.online: bool | None = None  # None until the first poll
+        self.last_reading: Reading | None = None
+        self._written_limit: float | None = None  # what we last wrote; None = unknown, write again
+        self._next_sample: float | None = None
+
+    @property
+    def max_current_a(self) -> float:
+        limit = self.settings.max_current_a
+        return min(limit, self.profile.max_current_a) if limit is not None else self.profile.max_current_a
+
+    async def run(self) -> None:
+        while True:
+            started = self.clock.monotonic()
+            await self.poll_once()
+            period = self.bus.poll_interval_s * (1 if self.online else OFFLINE_SLOWDOWN)
+            await asyncio.sleep(max(0.0, started + period - self.clock.monotonic()))
+
+    async def poll_once(self) -> None:
+        wall = self.clock.wall()
+        try:
+            if not self.online:
+                await self._init_writes()
+            blocks = {}
+            for block in self.profile.blocks:
+                blocks[block] = await self.line.read(
+                    self.settings.unit, block.table, block.address, block.count,
+                    timeout_s=self.timeout_s, gap_s=self.profile.inter_frame_delay_s, priority=Priority.POLL,
+                )
+            reading = registers.decode_reading(self.profile, blocks)
+        except DeviceError as exc:
+            await self._lost(exc, wall)
+            return
+        if self.online is not True:
+            log.info("connector %d: slave %s unit %d answering", self.settings.id, self.settings.bus, self.settings.unit)
+        self.online = True
+        self.last_reading = reading
+        effects = self.connector.on_reading(reading, wall)
+        if self.connector.state is State.PREPARING and self.id_tag is not None:
+            effects += self.connector.authorize(self.id_tag, wall)
+        await self._on_effects(effects)
+        await self._apply_current_limit()
+        await self._sample(reading, wall)
+
+    async def _lost(self, exc: DeviceError, wall: float) -> None:
+        if self.online is not False:
+            log.warning("connector %d: slave %s unit %d not answering: %s", self.settings.id, self.settings.bus, self.settings.unit, exc)
+        self.online = False
+        self._written_limit = None  # the slave may have rebooted and forgotten
+        await self._on_effects(self.connector.on_lost(type(exc).__name__, wall))
+
+    async def _init_writes(self) -> None:
+        for w in self.profile.init_writes:
+            await self.line.write(
+                self.settings.unit, w.address, [w.value], multiple=w.multiple,
+                timeout_s=self.timeout_s, gap_s=self.profile.inter_frame_delay_s, priority=Priority.COMMAND,
+            )
+
+    async def _apply_current_limit(self) -> None:
+        """Offer current only inside a transaction; pause otherwise."""
+        spec = self.profile.current_limit
+        if spec is None:
+            return
+        wanted = self.max_current_a if self.connector.state.in_transaction else self.profile.pause_current_a
+        if wanted == self._written_limit:
+            return
+        words = registers.current_limit_words(self.profile, wanted)
+        try:
+            await self.line.write(
+                self.settings.unit, spec.address, words, multiple=spec.multiple,
+                timeout_s=self.timeout_s, gap_s=self.profile.inter_frame_delay_s, priority=Priority.COMMAND,
+            )
+        except DeviceError as exc:
+            log.warning("connector %d: current limit %.1f A not written: %s", self.settings.id, wanted, exc)
+            return
+        self._written_limit = wanted
+
+    async def _sample(self, reading: Reading, wall: float) -> None:
+        """MeterValues every MeterValueSampleInterval from the start of the transaction (OCPP 1.6 §4.7)."""
+        tx = self.connector.transaction
+        if tx is None or self.sample_interval_s <= 0:
+            self._next_sample = None
+            return
+        now = self.clock.monotonic()
+        if self._next_sample is None:
+            self._next_sample = now + self.sample_interval_s
+            return
+        if now < self._next_sample:
+            return
+        while self._next_sample <= now:  # after a stall, skip the missed slots rather than burst
+            self._next_sample += self.sample_interval_s
+        entry = ocpp_messages.meter_value(reading, self.measurands, wall, self.clock)
+        await self._on_meter_values(self.settings.id, tx.key, [entry])

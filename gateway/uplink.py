@@ -1,0 +1,234 @@
+"""The uplink: one OCPP 1.6J websocket carrying the whole cluster to the backend.
+
+Thin layer: websockets does the transport and TLS, the `ocpp` package does the
+message classes and schema validation (of what we send and what we get back).
+What is ours: the connection lifecycle (boot first, reconnect with jittered
+backoff), the heartbeat, StatusNotification for connector 0 and every
+connector, and draining the SQLite outbox strictly in order, one message in
+flight at a time (OCPP 1.6 §3.7, OCPP-J §4.1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import websockets
+from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
+from ocpp.exceptions import OCPPError
+from ocpp.v16 import ChargePoint, call
+from websockets.asyncio.client import ClientConnection, connect
+
+import gateway
+from gateway import ocpp_messages
+from gateway.backoff import Backoff
+from gateway.clock import Clock
+from gateway.errors import BackendRefused, UplinkError
+from gateway.session import StatusChanged
+from gateway.settings import BackendSettings, ChargePointInfo
+from gateway.store import QueuedMessage, Store
+
+log = logging.getLogger("gateway.uplink")
+
+OCPP_SUBPROTOCOL = "ocpp1.6"
+TX_RETRY_INTERVAL_S = 30.0  # TransactionMessageRetryInterval default (OCPP 1.6 §9.1)
+
+
+def backend_url(backend: BackendSettings, identity: str) -> str:
+    """The identity is the last path segment of the URL (OCPP-J §3.1)."""
+    return backend.url.rstrip("/") + "/" + identity
+
+
+def basic_auth_header(identity: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{identity}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def tls_context(backend: BackendSettings) -> ssl.SSLContext | None:
+    if not backend.url.startswith("wss://"):
+        return None
+    ctx = ssl.create_default_context(cafile=str(backend.ca_file) if backend.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # platforms refuse older TLS (REQUIREMENTS 11)
+    return ctx
+
+
+class _Link(ChargePoint):
+    """The ocpp library's charge point on one open websocket; backend commands get handlers in later layers."""
+
+
+class Uplink:
+    """Keeps the backend connection up and feeds it statuses and the outbox."""
+
+    def __init__(
+        self,
+        info: ChargePointInfo,
+        backend: BackendSettings,
+        store: Store,
+        clock: Clock,
+        statuses: Callable[[], list[StatusChanged]],
+        heartbeat_interval_s: int,
+    ) -> None:
+        self.info = info
+        self.backend = backend
+        self.store = store
+        self.clock = clock
+        self._statuses = statuses
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self._status_queue: asyncio.Queue[StatusChanged] = asyncio.Queue()
+        self._outbox_changed = asyncio.Event()
+        self.connected = asyncio.Event()  # set while Boot is accepted and the link is up
+        self._backoff = Backoff(backend.reconnect_min_s, backend.reconnect_max_s)
+
+    # --- called by the rest of the daemon -------------------------------------------
+
+    def status_changed(self, effect: StatusChanged) -> None:
+        if self.connected.is_set():
+            self._status_queue.put_nowait(effect)
+        # While offline, nothing is queued: all current statuses are sent after the next boot.
+
+    def outbox_changed(self) -> None:
+        self._outbox_changed.set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect; forever, until cancelled."""
+        failing = False
+        while True:
+            try:
+                await self._serve_one_connection()
+                problem = "connection closed"
+            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException, UplinkError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            finally:
+                self.connected.clear()
+            delay = next(self._backoff)
+            if not failing:
+                log.warning("uplink down (%s); reconnecting in %.1f s", problem, delay)
+                failing = True
+            else:
+                log.debug("uplink still down (%s); next try in %.1f s", problem, delay)
+            await asyncio.sleep(delay)
+
+    def _connect(self) -> Any:
+        headers: dict[str, str] = {}
+        if self.backend.password_file is not None:
+            password = self.backend.password_file.read_text().strip()
+            headers = basic_auth_header(self.info.identity, password)
+        return connect(
+            backend_url(self.backend, self.info.identity),
+            subprotocols=[websockets.Subprotocol(OCPP_SUBPROTOCOL)],
+            additional_headers=headers,
+            ssl=tls_context(self.backend),
+            ping_interval=self.backend.ping_interval_s or None,
+            ping_timeout=self.backend.ping_interval_s or None,
+            open_timeout=30,
+        )
+
+    async def _serve_one_connection(self) -> None:
+        try:
+            ws_cm = self._connect()
+            ws: ClientConnection = await ws_cm
+        except websockets.exceptions.InvalidStatus as exc:
+            code = exc.response.status_code
+            if code in (401, 403, 404):
+                raise BackendRefused(f"backend answered HTTP {code}") from exc
+            raise
+        async with ws:
+            if ws.subprotocol != OCPP_SUBPROTOCOL:
+                raise BackendRefused(f"backend did not agree to subprotocol {OCPP_SUBPROTOCOL}")
+            link = _Link(self.info.identity, ws, response_timeout=self.backend.response_timeout_s)
+            log.info("uplink connected to %s", backend_url(self.backend, self.info.identity))
+            try:
+                # Every task here ends only by raising; the first failure tears the connection down.
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(link.start())  # the reader: routes answers and backend commands
+                    await self._boot(link)
+                    self._backoff.reset()
+                    self.connected.set()
+                    tg.create_task(self._heartbeats(link))
+                    tg.create_task(self._send_statuses(link))
+                    tg.create_task(self._drain(link))
+            except* (websockets.exceptions.ConnectionClosed, UplinkError, TimeoutError, OCPPError) as group:
+                first = group.exceptions[0]
+                raise UplinkError(f"{type(first).__name__}: {first}") from None
+
+    async def _call(self, link: _Link, action: str, payload: dict, message_id: str | None = None) -> dict:
+        """One CALL with the ocpp library; returns the CALLRESULT payload (camelCase), raises on CALLERROR or timeout."""
+        request = getattr(call, action)(**camel_to_snake_case(payload))
+        result = await link.call(request, suppress=False, unique_id=message_id)
+        return _wire_payload(result)
+
+    async def _boot(self, link: _Link) -> None:
+        """BootNotification until Accepted; on Pending/Rejected wait the interval the backend gave (OCPP 1.6 §4.2)."""
+        payload: dict = {
+            "chargePointVendor": self.info.vendor,
+            "chargePointModel": self.info.model,
+            "firmwareVersion": gateway.__version__,
+        }
+        if self.info.serial_number:
+            payload["chargePointSerialNumber"] = self.info.serial_number
+        while True:
+            result = await self._call(link, "BootNotification", payload)
+            if result["status"] == "Accepted":
+                if result.get("interval", 0) > 0:
+                    self.heartbeat_interval_s = int(result["interval"])
+                log.info("boot accepted; heartbeat every %d s", self.heartbeat_interval_s)
+                return
+            wait = result.get("interval") or 60
+            log.warning("boot %s by the backend; retrying in %d s", result["status"], wait)
+            await asyncio.sleep(wait)
+
+    async def _heartbeats(self, link: _Link) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval_s)
+            await self._call(link, "Heartbeat", {})
+
+    async def _send_statuses(self, link: _Link) -> None:
+        """Connector 0 and every connector right after boot, then each change as it happens."""
+        while not self._status_queue.empty():
+            self._status_queue.get_nowait()  # superseded by the full round below
+        now = self.clock.wall()
+        await self._call(link, "StatusNotification", ocpp_messages.status_notification(0, "Available", "NoError", None, now, self.clock))
+        for s in self._statuses():
+            await self._call(link, "StatusNotification", ocpp_messages.status_notification(s.connector_id, s.status, s.error_code, s.info, s.wall, self.clock))
+        while True:
+            s = await self._status_queue.get()
+            await self._call(link, "StatusNotification", ocpp_messages.status_notification(s.connector_id, s.status, s.error_code, s.info, s.wall, self.clock))
+
+    async def _drain(self, link: _Link) -> None:
+        """Send the outbox head, wait for its answer, drop it; strictly one in flight, in order."""
+        while True:
+            self._outbox_changed.clear()
+            message = await self.store.head()
+            if message is None:
+                await self._outbox_changed.wait()
+                continue
+            await self._send_queued(link, message)
+
+    async def _send_queued(self, link: _Link, message: QueuedMessage) -> None:
+        try:
+            result = await self._call(link, message.action, message.payload, message.message_id)
+        except OCPPError as exc:
+            # A CALLERROR: the backend could not take it now. Never drop a transaction message.
+            attempts = await self.store.count_attempt(message)
+            log.error("backend refused %s #%d (attempt %d): %s", message.action, message.seq, attempts, exc)
+            await asyncio.sleep(attempts * TX_RETRY_INTERVAL_S)
+            return
+        except asyncio.TimeoutError:
+            await self.store.count_attempt(message)
+            # No answer on an open socket: on GPRS the link is most likely dead. Reconnect and resend the same message.
+            raise UplinkError(f"no answer to {message.action} within {self.backend.response_timeout_s} s") from None
+        await self.store.acknowledge(message, result)
+        log.debug("delivered %s #%d", message.action, message.seq)
+
+
+
+def _wire_payload(result: object) -> dict:
+    """The ocpp library hands back a snake_case dataclass; turn it back into the wire's camelCase dict."""
+    payload: dict = snake_to_camel_case(remove_nones(serialize_as_dict(result)))
+    return payload
