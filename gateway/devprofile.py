@@ -7,9 +7,24 @@ documented in docs/profiles.md. A new model needs a YAML file, never code.
 
 from __future__ import annotations
 
+import difflib
 import enum
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from gateway.yamlschema import (
+    DictOf,
+    Document,
+    Field,
+    KeyPath,
+    ListOf,
+    Map,
+    load_document,
+    validate,
+)
 
 
 class Table(enum.Enum):
@@ -158,23 +173,6 @@ class Profile:
 
 # --- loading profiles from YAML (schema: docs/profiles.md) ----------------------------
 
-# Imported here, below the data model, because only the loader needs them.
-from collections.abc import Sequence  # noqa: E402
-from typing import Any  # noqa: E402
-
-from gateway.yamlschema import (  # noqa: E402
-    INVALID,
-    DictOf,
-    Document,
-    Field,
-    KeyPath,
-    ListOf,
-    Map,
-    close_match,
-    load_document,
-    validate,
-)
-
 # Standard serial rates; anything else is almost always a typo (19020).
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 PARITIES = ("N", "E", "O")
@@ -183,10 +181,19 @@ BYTESIZES = (7, 8)
 MAX_READ_COUNT = 125  # registers per FC03/FC04 request (Modbus Application Protocol V1.1b3 §6.3, §6.4)
 
 # The unit each role must be in after `scale`, so the session logic never guesses.
-ROLE_UNITS = {"energy": "Wh", "power": "W"} | {f"{q}_l{i}": u for q, u in (("current", "A"), ("voltage", "V")) for i in (1, 2, 3)}
+ROLE_UNITS = {"energy": "Wh", "power": "W"} | {
+    f"{q}_l{i}": u for q, u in (("current", "A"), ("voltage", "V")) for i in (1, 2, 3)
+}
+
+_BLOCK_KEYS = {"table", "address", "count"}
 
 # Largest raw value an integer register type holds, to check current_limit can be written.
-_INT_RANGES = {DataType.U16: (0, 0xFFFF), DataType.I16: (-0x8000, 0x7FFF), DataType.U32: (0, 0xFFFFFFFF), DataType.I32: (-0x80000000, 0x7FFFFFFF)}
+_INT_RANGES = {
+    DataType.U16: (0, 0xFFFF),
+    DataType.I16: (-0x8000, 0x7FFF),
+    DataType.U32: (0, 0xFFFFFFFF),
+    DataType.I32: (-0x80000000, 0x7FFFFFFF),
+}
 
 
 def _values_of(enum_type: type[enum.Enum]) -> tuple[str, ...]:
@@ -198,7 +205,7 @@ def _nonzero(value: float) -> str | None:
 
 
 def _value_name(name: str) -> str | None:
-    if not name.replace("_", "").isalnum() or not name[0].isalpha() or name != name.lower():
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         return "a value name must be lower-case letters, digits and _ (e.g. current_l1)"
     return None
 
@@ -352,65 +359,72 @@ def _check_profile(doc: Document, data: dict[str, Any], stem: str) -> None:
     """The rules a schema cannot say: names, block layout, units of roles, what a charger needs."""
     if data.get("name", stem) != stem:
         doc.error(("name",), f"must equal the file name {stem!r}: configs name a profile by its file name")
-    blocks = [(i, b) for i, b in enumerate(data.get("blocks", [])) if isinstance(b, dict) and len(b) == 3]
-    for i, block in blocks:
+    raw_blocks = doc.data.get("blocks") if isinstance(doc.data, dict) else None
+    blocks = [(i, b) for i, b in enumerate(data.get("blocks", [])) if isinstance(b, dict) and _BLOCK_KEYS <= b.keys()]
+    for n, (i, block) in enumerate(blocks):
         if block["address"] + block["count"] > 0x10000:
             doc.error(("blocks", i, "count"), "the block runs past the last register address 65535")
-        for j, other in blocks[: blocks.index((i, block))]:
+        for j, other in blocks[:n]:
             if other["table"] == block["table"] and _overlap(block, other):
                 doc.error(("blocks", i), f"overlaps blocks[{j}] ({_span(other)}); each register is read once per poll")
-    values = data.get("values", {})
-    for name, value in values.items():
-        _check_value(doc, name, value, [b for _, b in blocks])
-    control = data.get("control", {})
-    limit = control.get("current_limit")
+    # Which value lies in which block is only worth checking when every block is valid;
+    # otherwise a broken block would drag false faults in with it.
+    all_blocks = isinstance(raw_blocks, list) and len(blocks) == len(raw_blocks)
+    for name, value in data.get("values", {}).items():
+        _check_value(doc, name, value, [b for _, b in blocks] if all_blocks else None)
     if data.get("kind") == "charger":
-        state = values.get("state")
-        if "state" not in doc.data.get("values", {}) if isinstance(doc.data.get("values"), dict) else False:
+        if not _has(doc.data, "values", "state"):
             doc.error(("values",), "a charger needs a 'state' value (with an enum of pilot codes)")
-        elif state is not None and "enum" not in state:
-            doc.error(("values", "state"), "the state value needs an enum: raw value -> pilot code")
-        if limit is None and not _has(doc.data, "control", "current_limit"):
+        elif not _has(doc.data, "values", "state", "enum"):
+            doc.error(("values", "state"), "the state value of a charger needs an enum: raw value -> pilot code")
+        if not _has(doc.data, "control", "current_limit"):
             doc.error(("control",), "a charger needs control.current_limit: the register that sets its current")
-    low, high = control.get("min_current_a"), control.get("max_current_a")
+    control = data.get("control", {})
+    low, high, pause = control.get("min_current_a"), control.get("max_current_a"), control.get("pause_current_a")
     if low is not None and high is not None and low > high:
         doc.error(("control", "min_current_a"), f"is above max_current_a ({high:g} A)")
-    pause = control.get("pause_current_a")
     if pause is not None and low is not None and pause >= low:
-        doc.error(("control", "pause_current_a"), f"must be below min_current_a ({low:g} A): writing it must stop charging")
-    if isinstance(limit, dict) and len(limit) == 5 and high is not None:
+        doc.error(
+            ("control", "pause_current_a"), f"must be below min_current_a ({low:g} A): writing it must stop charging"
+        )
+    limit = control.get("current_limit", {})
+    if {"type", "scale"} <= limit.keys() and high is not None:
         bounds = _INT_RANGES.get(DataType(limit["type"]))
-        raw = high / limit["scale"]
-        if bounds is not None and not bounds[0] <= round(raw) <= bounds[1]:
-            doc.error(("control", "current_limit", "scale"), f"max_current_a {high:g} A is raw {raw:g}, which does not fit {limit['type']}")
+        raw = round(high / limit["scale"])
+        if bounds is not None and not bounds[0] <= raw <= bounds[1]:
+            doc.error(
+                ("control", "current_limit", "scale"),
+                f"max_current_a {high:g} A is raw {raw}, which does not fit {limit['type']}",
+            )
 
 
-def _check_value(doc: Document, name: str, value: dict[str, Any], blocks: list[dict[str, Any]]) -> None:
+def _check_value(doc: Document, name: str, value: dict[str, Any], blocks: list[dict[str, Any]] | None) -> None:
     path: KeyPath = ("values", name)
-    if name not in ROLES and (role := close_match(name, list(ROLES))) and name != role and _similar(name, role):
-        doc.error(path, f"looks like a typo of the role {role!r}; a misspelt role would be silently ignored")
-    if {"table", "address", "type"} <= value.keys():
-        words = DataType(value["type"]).words
-        if not any(b["table"] == value["table"] and b["address"] <= value["address"] and value["address"] + words <= b["address"] + b["count"] for b in blocks):
-            span = f"{value['table']} {value['address']}..{value['address'] + words - 1}"
-            doc.error((*path, "address"), f"{span} is not inside one read block ({', '.join(_span(b) for b in blocks) or 'none'})")
+    role = difflib.get_close_matches(name, ROLES, n=1, cutoff=0.85)
+    if name not in ROLES and role:
+        doc.error(path, f"looks like a typo of the role {role[0]!r}; a misspelt role would be silently ignored")
+    if blocks is not None and {"table", "address", "type"} <= value.keys():
+        table, first, words = value["table"], value["address"], DataType(value["type"]).words
+        if not any(
+            b["table"] == table and b["address"] <= first and first + words <= b["address"] + b["count"] for b in blocks
+        ):
+            where = ", ".join(_span(b) for b in blocks)
+            doc.error(
+                (*path, "address"), f"{table} {first}..{first + words - 1} is not inside one read block ({where})"
+            )
     unit = ROLE_UNITS.get(name)
     if unit is not None and value.get("unit", unit) != unit:
-        doc.error((*path, "unit"), f"{name} must be in {unit}; use scale to convert (e.g. scale: 1000 for a kWh register)")
+        doc.error(
+            (*path, "unit"), f"{name} must be in {unit}; use scale to convert (e.g. scale: 1000 for a kWh register)"
+        )
     if name != "state" and "enum" in value:
         doc.error((*path, "enum"), "an enum is only for the state value")
 
 
-def _similar(name: str, role: str) -> bool:
-    import difflib
-
-    return difflib.SequenceMatcher(None, name, role).ratio() >= 0.85
-
-
 def _has(data: Any, *keys: str) -> bool:
-    """Whether the raw data has this key path at all (even with a faulty value, already reported)."""
+    """Whether the raw data has this key path with a value (a faulty one is reported elsewhere)."""
     for key in keys:
-        if not isinstance(data, dict) or key not in data:
+        if not isinstance(data, dict) or data.get(key) is None:
             return False
         data = data[key]
     return True
@@ -457,7 +471,13 @@ def _build_profile(data: dict[str, Any], source: Path) -> Profile:
         inter_frame_delay_s=timing["inter_frame_delay_ms"] / 1000,
         request_timeout_s=timing["request_timeout_ms"] / 1000,
         current_limit=(
-            WriteSpec(limit["address"], DataType(limit["type"]), WordOrder(limit["word_order"]), limit["scale"], limit["multiple"])
+            WriteSpec(
+                limit["address"],
+                DataType(limit["type"]),
+                WordOrder(limit["word_order"]),
+                limit["scale"],
+                limit["multiple"],
+            )
             if limit is not None
             else None
         ),

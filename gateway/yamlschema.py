@@ -85,8 +85,9 @@ class Document:
         self.warnings.append(self._issue(path, message, None))
 
     def raise_if_invalid(self) -> None:
+        """Raise every fault found, this file's first and in line order (other files: profiles it uses)."""
         if self.issues:
-            raise ConfigError(self.issues)
+            raise ConfigError(sorted(self.issues, key=lambda i: (i.file != self.file, i.file, i.line or 0)))
 
     def _issue(self, path: KeyPath, message: str, line: int | None) -> ConfigIssue:
         return ConfigIssue(self.file, line if line is not None else self.line(path), format_path(path), message)
@@ -133,7 +134,9 @@ def parse_document(text: str, file: str) -> Document:
         raise ConfigError([ConfigIssue(file, mark.line + 1 if mark else None, "", f"YAML syntax: {message}")]) from exc
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
-        raise ConfigError([ConfigIssue(file, line, "", f"YAML syntax: {exc.reason} character {exc.character!r}")]) from exc
+        raise ConfigError(
+            [ConfigIssue(file, line, "", f"YAML syntax: {exc.reason} character {exc.character!r}")]
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(file, None, "", f"YAML syntax: {exc}")]) from exc
     except (_TooComplex, RecursionError) as exc:
@@ -181,8 +184,9 @@ class _Builder:
             return self.loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
             self.doc.error(path, f"cannot read this value: {exc.problem}", node.start_mark.line + 1)
-        except (ValueError, TypeError, OverflowError) as exc:
-            # e.g. a date-like scalar such as 2024-13-45 that the timestamp resolver matches
+        except (ValueError, TypeError, LookupError, ArithmeticError, AttributeError) as exc:
+            # PyYAML's scalar constructors trip over odd input with plain Python errors:
+            # 2024-13-45 (ValueError), an empty "!!int" (IndexError), "!!bool x" (KeyError).
             self.doc.error(path, f"cannot read this value {node.value!r}: {exc}", node.start_mark.line + 1)
         return INVALID
 
@@ -314,7 +318,8 @@ def _check(doc: Document, spec: Field, value: Any, path: KeyPath) -> Any:
     if result is INVALID:
         return INVALID
     problem = _bounds(spec, result)
-    if problem is None and spec.check is not None:
+    # A custom rule sees only whole values: a list with a faulty item has been reported already.
+    if problem is None and spec.check is not None and not (isinstance(result, list) and any(item is INVALID for item in result)):
         problem = spec.check(result)
     if problem is not None:
         doc.error(path, problem)
@@ -323,9 +328,14 @@ def _check(doc: Document, spec: Field, value: Any, path: KeyPath) -> Any:
 
 
 def _check_scalar(doc: Document, kind: type, value: Any, path: KeyPath) -> Any:
-    ok = isinstance(value, kind) and not isinstance(value, bool) if kind is not bool else isinstance(value, bool)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif isinstance(value, bool):
+        ok = False  # Python's bool is an int, but "yes" must not pass for 1
+    elif kind is float and isinstance(value, int):
         ok, value = True, float(value)
+    else:
+        ok = isinstance(value, kind)
     if ok and kind is float and not math.isfinite(value):
         doc.error(path, f"must be a finite number, got {value}")
         return INVALID
@@ -409,7 +419,9 @@ def close_match(given: str, known: list[str]) -> str | None:
     """The known name `given` is probably a typo of ('baudrat' -> 'baudrate', 'e' -> 'E'), if any."""
     same_case = [k for k in known if k.lower() == given.lower()]
     close = same_case or difflib.get_close_matches(given, known, n=1, cutoff=0.6)
-    return close[0] if close else None
+    longer = [k for k in known if len(given) >= 3 and k.startswith(given)]  # 'heidelberg' -> 'heidelberg-energy-control'
+    found = close or longer
+    return found[0] if found else None
 
 
 def _got(value: Any) -> str:

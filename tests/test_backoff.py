@@ -113,16 +113,16 @@ def test_equal_min_and_max_is_a_fixed_delay() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("lo", "hi", "factor", "message"),
     [
-        ({"min_delay": 0.0}, "min_delay must be > 0"),
-        ({"min_delay": -1.0}, "min_delay must be > 0"),
-        ({"min_delay": 10.0, "max_delay": 5.0}, "must be >= min_delay"),
-        ({"factor": 1.0}, "factor must be > 1"),
-        ({"max_delay": float("inf")}, "must be a finite number"),
-        ({"min_delay": float("nan")}, "must be a finite number"),
+        (0.0, 300.0, 2.0, "min_delay must be > 0"),
+        (-1.0, 300.0, 2.0, "min_delay must be > 0"),
+        (10.0, 5.0, 2.0, "must be >= min_delay"),
+        (1.0, 300.0, 1.0, "factor must be > 1"),
+        (1.0, float("inf"), 2.0, "must be a finite number"),
+        (float("nan"), 300.0, 2.0, "must be a finite number"),
     ],
 )
-def test_bad_parameters_are_refused_clearly(kwargs: dict[str, float], message: str) -> None:
+def test_bad_parameters_are_refused_clearly(lo: float, hi: float, factor: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        Backoff(**kwargs)
+        Backoff(lo, hi, factor)

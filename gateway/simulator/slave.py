@@ -28,6 +28,11 @@ ILLEGAL_DATA_VALUE = 3
 # phase reads a small non-zero value, e.g. 8 or 9 V").
 _IDLE_PHASE_V = 8.0
 _PCB_TEMPERATURE_C = 32.5  # a box at work in a garage
+# Plausible readings for informational values of the shipped profiles, by
+# value name (engineering units). Heidelberg: register layout V1.0.8 (input 4,
+# the first layout with the lifetime meter is V1.0.7), external lock input 13
+# and remote lock holding 259 both "1 = unlocked".
+_PLAUSIBLE = {"layout_version": 0x0108, "external_lock": 1.0, "remote_lock": 1.0}
 
 
 class SlaveException(Exception):
@@ -110,8 +115,13 @@ class SimSlave:
             self._writable.add(init.address)
             self._holding.setdefault(init.address, 0)  # factory value, e.g. Heidelberg standby enabled
         for spec in profile.values.values():
-            if spec.table is Table.HOLDING and "watchdog" in spec.name and profile.watchdog is not None:
+            if spec.table is not Table.HOLDING:
+                continue
+            if "watchdog" in spec.name and profile.watchdog is not None:
                 self._store(spec.address, encode_value(spec, _watchdog_in_unit(spec, profile.watchdog.timeout_s)))
+            elif spec.name in _PLAUSIBLE:
+                self._store(spec.address, encode_value(spec, _PLAUSIBLE[spec.name]))
+        self._now = now
         self._last_request = now
         self.failsafe = False
         self._apply_offer(now)
@@ -119,16 +129,26 @@ class SimSlave:
     # --- requests from the master -----------------------------------------------------
 
     def read(self, table: Table, address: int, count: int, now: float) -> list[int]:
-        """The words of `count` registers from `address` (FC03 holding / FC04 input) at real time `now`."""
-        self._master_talked(now)
-        if not all(self._readable(table, a) for a in range(address, address + count)):
-            raise SlaveException(ILLEGAL_DATA_ADDRESS, f"{table.value} {address}+{count} is not readable")
-        image = self._image(table)
-        return [image.get(a, self._holding.get(a, 0) if table is Table.HOLDING else 0) for a in range(address, address + count)]
+        """The words of `count` registers from `address` (FC03 holding / FC04 input) at real time `now`.
+
+        A box that had failed safe answers this request still in state F and
+        recovers after it, so the master sees that the watchdog struck (the real
+        box takes seconds to recover).
+        """
+        now = self._monotonic(now)
+        self.tick(now)
+        try:
+            if not all(self._readable(table, a) for a in range(address, address + count)):
+                raise SlaveException(ILLEGAL_DATA_ADDRESS, f"{table.value} {address}+{count} is not readable")
+            image = self._image(table)
+            return [image.get(a, self._holding.get(a, 0) if table is Table.HOLDING else 0) for a in range(address, address + count)]
+        finally:
+            self.heard_from_master(now)
 
     def write(self, address: int, words: Sequence[int], now: float) -> None:
         """Store `words` at holding `address` (FC06 / FC16); the current limit changes what the EV is offered."""
-        self._master_talked(now)
+        now = self._monotonic(now)
+        self.heard_from_master(now)
         if not words or not all(a in self._writable for a in range(address, address + len(words))):
             raise SlaveException(ILLEGAL_DATA_ADDRESS, f"holding {address}+{len(words)} is not writable")
         self._store(address, words)
@@ -138,6 +158,7 @@ class SimSlave:
 
     def tick(self, now: float) -> None:
         """Advance the EV to `now` and fail safe when the master has been silent longer than the watchdog."""
+        now = self._monotonic(now)
         self._advance(now)
         watchdog = self.profile.watchdog
         if not self.failsafe and watchdog is not None and watchdog.timeout_s > 0 and now - self._last_request >= watchdog.timeout_s:
@@ -179,13 +200,20 @@ class SimSlave:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _master_talked(self, now: float) -> None:
+    def heard_from_master(self, now: float) -> None:
+        """A request addressed to this unit arrived: the watchdog restarts, a failed-safe box recovers."""
+        now = self._monotonic(now)
         self.tick(now)
         self._last_request = now
         if self.failsafe:
             self.failsafe = False
             self._note("recovered")
             self._apply_offer(now)
+
+    def _monotonic(self, now: float) -> float:
+        """Never earlier than any time seen before: a request stamped on arrival may be served after a tick."""
+        self._now = max(self._now, now)
+        return self._now
 
     def _advance(self, now: float) -> None:
         self._note_all(self.ev.advance(self._clock.sim(now)))
@@ -240,6 +268,8 @@ class SimSlave:
             return self._voltage(int(spec.name[-1]))
         if spec.name in ROLES or spec.table is Table.HOLDING:
             return None
+        if spec.name in _PLAUSIBLE:
+            return _PLAUSIBLE[spec.name]
         if spec.enum:
             return min(spec.enum) * spec.scale
         if spec.unit in ("°C", "C", "degC"):

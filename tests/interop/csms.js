@@ -46,7 +46,7 @@ const fs = require('fs');
 const https = require('https');
 const readline = require('readline');
 const { randomUUID } = require('crypto');
-const { RPCServer } = require('ocpp-rpc');
+const { RPCServer, TimeoutError: RpcTimeoutError } = require('ocpp-rpc');
 
 const HOST = '127.0.0.1';
 const PROTOCOL = 'ocpp1.6';
@@ -83,7 +83,9 @@ let nextTransactionId = 1;
 const clients = new Map(); // identity -> the newest connected RPCServerClient
 
 function errorRecord(err) {
-    if (err && err.name === 'TimeoutError') {
+    // ocpp-rpc's own TimeoutError (call timeout) does not set .name, so test the class;
+    // our raw-call timeout sets the name.
+    if (err instanceof RpcTimeoutError || err?.name === 'TimeoutError') {
         return { code: 'Timeout', message: err.message };
     }
     return {

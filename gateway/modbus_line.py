@@ -1,0 +1,448 @@
+"""The Modbus bus layer: one owner task per RS-485 line and per Modbus TCP endpoint.
+
+Exactly one task (`ModbusLine.run`) holds a serial port or TCP connection
+(EVerest's SerialCommHub model; STYLE.md §3). Pollers and backend commands
+call `read` / `write`, which put a request in the line's priority queue and
+wait for its result; the owner runs the requests strictly one at a time,
+commands before routine polls, each after its inter-frame silence and under
+its own deadline. There is no lock to fight over and no retry inside the
+line, so one dead slave costs its timeout per request and nothing more
+(unlike several tasks sharing a client behind a lock: pymodbus #1606, #1784,
+#2432). Retrying is the caller's policy.
+
+All lines and TCP endpoints of a config run side by side in the daemon's
+asyncio.TaskGroup; `build_lines` makes them, `line_key` says which one a
+connector uses.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import dataclasses
+import enum
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+from pymodbus.pdu import ModbusPDU
+
+from gateway.backoff import Backoff
+from gateway.devprofile import Framing, Table
+from gateway.errors import (
+    ConfigError,
+    ConfigIssue,
+    DeviceError,
+    DeviceException,
+    DeviceTimeout,
+    FrameError,
+    LineUnavailable,
+)
+from gateway.modbus_transport import (
+    SERIAL_UNITS,
+    TCP_UNITS,
+    ReplyReader,
+    SerialLink,
+    TcpLink,
+    check_reply,
+    describe,
+    new_framer,
+    read_request,
+    write_request,
+)
+from gateway.settings import BusSettings, Config, ConnectorSettings
+from gateway.wiretime import char_time_s, t35_s
+
+log = logging.getLogger(__name__)
+
+
+class Priority(enum.IntEnum):
+    """Queue order on a line: lower goes first, FIFO within a priority."""
+
+    COMMAND = 0  # backend commands, control writes
+    POLL = 1  # routine reads
+
+
+@dataclasses.dataclass
+class LineStats:
+    """Counters of one line since it was made, for the benchmark and the technician's status."""
+
+    requests: int = 0  # transactions put on the wire
+    timeouts: int = 0  # DeviceTimeout
+    frame_errors: int = 0  # FrameError
+    exceptions: int = 0  # DeviceException (the slave answered with an exception code)
+    busy_s: float = 0.0  # time the line spent on transactions, inter-frame silence included
+
+
+@dataclasses.dataclass(order=True)
+class _Request:
+    priority: Priority
+    seq: int  # FIFO within a priority; also keeps a requeued request in its place
+    pdu: ModbusPDU = dataclasses.field(compare=False)
+    timeout_s: float = dataclasses.field(compare=False)
+    gap_s: float = dataclasses.field(compare=False)
+    future: asyncio.Future[list[int]] = dataclasses.field(compare=False)
+
+
+class _Link(Protocol):
+    """What the owner needs of an open port or connection (modbus_transport.SerialLink, TcpLink)."""
+
+    @property
+    def usable(self) -> bool: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def receive(self) -> bytes: ...
+
+    def discard_input(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Reopen(Exception):
+    """The link can no longer be trusted (closed by the peer, out of step): the owner reopens it."""
+
+    def __init__(self, reason: str, answered: bool) -> None:
+        super().__init__(reason)
+        self.answered = answered  # the device did send something: no need to back off
+
+
+class ModbusLine(abc.ABC):
+    """One serial bus or one TCP endpoint, served by its owner task `run()`."""
+
+    def __init__(
+        self,
+        name: str,
+        framing: Framing,
+        units: range,
+        *,
+        min_gap_s: float,
+        char_s: float,
+        reopen_min_s: float,
+        reopen_max_s: float,
+    ) -> None:
+        self.name = name
+        self.framing = framing
+        self._units = units
+        self._framer = new_framer(framing)
+        self._min_gap_s = min_gap_s  # t3.5 on serial lines
+        self._char_s = char_s  # wire time of one character; 0 on TCP
+        self._backoff = Backoff(reopen_min_s, reopen_max_s)
+        self._queue: asyncio.PriorityQueue[_Request] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
+        self._tids = itertools.count()
+        self._stats = LineStats()
+        # Why the line is unavailable; requests fail at once meanwhile. None before the
+        # first run() too, so callers may queue while the daemon's TaskGroup starts up.
+        self._down: str | None = None
+        self._open = False
+        self._running = False
+        self._quiet_since = 0.0  # loop time the line last fell silent
+
+    # --- the callers' side ---------------------------------------------------
+
+    @property
+    def stats(self) -> LineStats:
+        """A snapshot of the counters."""
+        return dataclasses.replace(self._stats)
+
+    @property
+    def available(self) -> bool:
+        """True while the port or connection is open."""
+        return self._open
+
+    async def read(
+        self,
+        unit: int,
+        table: Table,
+        address: int,
+        count: int,
+        *,
+        timeout_s: float,
+        gap_s: float = 0.0,
+        priority: Priority = Priority.POLL,
+    ) -> list[int]:
+        """Read `count` registers of `table` from `address` (FC04 input, FC03 holding)."""
+        return await self._submit(read_request(unit, table, address, count, self._units), timeout_s, gap_s, priority)
+
+    async def write(
+        self,
+        unit: int,
+        address: int,
+        values: Sequence[int],
+        *,
+        multiple: bool,
+        timeout_s: float,
+        gap_s: float = 0.0,
+        priority: Priority = Priority.COMMAND,
+    ) -> None:
+        """Write registers from `address`: FC16 if `multiple`, else FC06 (exactly one value)."""
+        await self._submit(write_request(unit, address, values, multiple, self._units), timeout_s, gap_s, priority)
+
+    async def _submit(self, pdu: ModbusPDU, timeout_s: float, gap_s: float, priority: Priority) -> list[int]:
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
+        if not (math.isfinite(gap_s) and gap_s >= 0):
+            raise ValueError(f"gap_s must be a non-negative number of seconds, not {gap_s!r}")
+        if self._down is not None:
+            raise LineUnavailable(f"line {self.name}: {self._down}")
+        request = _Request(
+            Priority(priority), next(self._seq), pdu, timeout_s, gap_s, asyncio.get_running_loop().create_future()
+        )
+        self._queue.put_nowait(request)
+        # Cancelling the caller cancels the future: a queued request is then skipped,
+        # one on the wire is finished by the owner and its answer dropped.
+        return await request.future
+
+    # --- the owner task --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _connect(self) -> _Link:
+        """Open the port or connection; LineUnavailable if it cannot be."""
+
+    async def run(self) -> None:
+        """Own the line until cancelled: open it, serve requests one at a time, reopen after failures."""
+        if self._running:
+            raise RuntimeError(f"line {self.name} already has an owner task")
+        self._running = True
+        self._down = None
+        try:
+            while True:
+                try:
+                    link = await self._connect()
+                except LineUnavailable as exc:
+                    self._went_down(str(exc))
+                    await asyncio.sleep(next(self._backoff))
+                    continue
+                self._came_up()
+                try:
+                    proven = await self._serve(link)
+                except Exception:  # a bug: keep serving the other devices, but say so
+                    log.exception("line %s: unexpected error, reopening", self.name)
+                    proven = False
+                finally:
+                    self._open = False
+                    link.close()
+                if not proven:  # a peer that accepts and drops at once must not be hammered
+                    await asyncio.sleep(next(self._backoff))
+        finally:
+            self._running = False
+            self._open = False
+            self._down = "stopped"
+            self._fail_all("stopped")
+
+    def _went_down(self, reason: str) -> None:
+        # Logged once per outage, not once per attempt (Home Assistant coordinator style).
+        if self._down is None:
+            log.warning("line %s unavailable: %s", self.name, reason)
+        else:
+            log.debug("line %s still unavailable: %s", self.name, reason)
+        self._down = reason
+        self._fail_all(reason)
+
+    def _came_up(self) -> None:
+        if self._down is not None:
+            log.info("line %s recovered", self.name)
+        self._down = None
+        self._open = True
+        self._quiet_since = asyncio.get_running_loop().time()
+
+    def _fail_all(self, reason: str) -> None:
+        """Fail every waiting caller at once rather than leave it hanging on a line that is gone."""
+        while not self._queue.empty():
+            request = self._queue.get_nowait()
+            if not request.future.done():
+                request.future.set_exception(LineUnavailable(f"line {self.name}: {reason}"))
+
+    async def _serve(self, link: _Link) -> bool:
+        """Run queued requests on `link` until it breaks; True if a device answered on it."""
+        proven = False
+        while True:
+            request = await self._queue.get()
+            if request.future.done():  # the caller was cancelled while the request waited
+                continue
+            if not link.usable:
+                self._queue.put_nowait(request)  # same priority and seq: it keeps its place
+                log.debug("line %s: link closed, reopening", self.name)
+                return proven
+            try:
+                answered = await self._execute(link, request)
+            except _Reopen as exc:
+                log.debug("line %s: %s, reopening", self.name, exc)
+                return proven or exc.answered
+            if answered:
+                proven = True
+                self._backoff.reset()
+
+    async def _execute(self, link: _Link, request: _Request) -> bool:
+        """One transaction; delivers its outcome to the caller. True if the device answered at all."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pdu = request.pdu
+        if self.framing is Framing.TCP:
+            pdu.transaction_id = next(self._tids) % 0xFFFF + 1  # MBAP transaction id: 1..65535
+        frame = self._framer.buildFrame(pdu)
+        reader = ReplyReader(self._framer, pdu)
+        try:
+            # The silence before the request: the device's inter-frame delay, at least
+            # t3.5 on a serial line (Modbus over serial line §2.5.1.1).
+            ready = self._quiet_since + max(request.gap_s, self._min_gap_s)
+            while (wait := ready - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            # A late reply to an earlier request must not pass for the answer to this one.
+            link.discard_input()
+            self._stats.requests += 1
+            on_wire_s = len(frame) * self._char_s
+            try:
+                async with asyncio.timeout(on_wire_s + request.timeout_s) as deadline:
+                    await link.send(frame)
+                    # The response timeout runs from the end of the request on the wire.
+                    deadline.reschedule(loop.time() + on_wire_s + request.timeout_s)
+                    while (reply := reader.feed(await link.receive())) is None:
+                        pass
+                result = check_reply(pdu, reply)
+            except TimeoutError:
+                raise self._no_reply(request, reader) from None
+        except LineUnavailable as exc:
+            self._deliver(request, exc)
+            raise _Reopen(str(exc), answered=False) from exc
+        except DeviceError as exc:
+            self._count(exc)
+            self._deliver(request, exc)
+            answered = not isinstance(exc, DeviceTimeout)
+            if self.framing is Framing.TCP and (isinstance(exc, FrameError) or reader.pending):
+                raise _Reopen(f"stream out of step after: {exc}", answered) from exc
+            return answered
+        except BaseException as exc:  # the owner was cancelled, or a bug: the caller must not hang
+            why = "stopped" if isinstance(exc, asyncio.CancelledError) else f"transaction aborted: {exc!r}"
+            self._deliver(request, LineUnavailable(f"line {self.name}: {why}"))
+            raise
+        finally:
+            self._quiet_since = loop.time()
+            self._stats.busy_s += self._quiet_since - started
+        self._deliver(request, result)
+        return True
+
+    def _no_reply(self, request: _Request, reader: ReplyReader) -> DeviceError:
+        what = f"{describe(request.pdu)} on line {self.name}: no reply within {request.timeout_s} s"
+        if reader.stray is not None:
+            return FrameError(f"{what}, only {reader.stray}")
+        if reader.pending:
+            return DeviceTimeout(f"{what} ({reader.pending} bytes of an incomplete reply)")
+        return DeviceTimeout(what)
+
+    def _count(self, exc: DeviceError) -> None:
+        if isinstance(exc, DeviceTimeout):
+            self._stats.timeouts += 1
+        elif isinstance(exc, FrameError):
+            self._stats.frame_errors += 1
+        elif isinstance(exc, DeviceException):
+            self._stats.exceptions += 1
+
+    @staticmethod
+    def _deliver(request: _Request, outcome: list[int] | BaseException) -> None:
+        if request.future.done():  # the caller gave up; the transaction was still finished
+            return
+        if isinstance(outcome, BaseException):
+            request.future.set_exception(outcome)
+        else:
+            request.future.set_result(outcome)
+
+
+class SerialLine(ModbusLine):
+    """An RS-485 bus, RTU or ASCII framing, with the port settings of the config (parity included)."""
+
+    def __init__(self, bus: BusSettings, *, reopen_min_s: float = 1.0, reopen_max_s: float = 30.0) -> None:
+        if bus.kind not in (Framing.RTU, Framing.ASCII):
+            raise ValueError(f"bus {bus.name}: a serial line needs kind rtu or ascii, not {bus.kind.value}")
+        if not bus.port:
+            raise ValueError(f"bus {bus.name}: a serial line needs a port")
+        # Start bit + data bits + parity bit + stop bits: the real character time, which
+        # extends each deadline by the time the request itself takes on the wire.
+        bits = 1 + bus.bytesize + (0 if bus.parity == "N" else 1) + bus.stopbits
+        super().__init__(
+            bus.name,
+            bus.kind,
+            SERIAL_UNITS,
+            min_gap_s=t35_s(bus.baudrate),
+            char_s=char_time_s(bus.baudrate, bits),
+            reopen_min_s=reopen_min_s,
+            reopen_max_s=reopen_max_s,
+        )
+        self.bus = bus
+
+    async def _connect(self) -> SerialLink:
+        b = self.bus
+        assert b.port is not None  # checked in __init__
+        return SerialLink.open(b.port, b.baudrate, b.bytesize, b.parity, b.stopbits)
+
+
+class TcpEndpoint(ModbusLine):
+    """One Modbus TCP server (host, port): a device or a TCP-to-RTU gateway, one transaction at a time.
+
+    Cheap gateways choke on pipelined requests, so even TCP waits for each reply.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        connect_timeout_s: float = 5.0,
+        reopen_min_s: float = 1.0,
+        reopen_max_s: float = 30.0,
+    ) -> None:
+        super().__init__(
+            name, Framing.TCP, TCP_UNITS,
+            min_gap_s=0.0, char_s=0.0, reopen_min_s=reopen_min_s, reopen_max_s=reopen_max_s,
+        )
+        self.host = host
+        self.port = port
+        self._connect_timeout_s = connect_timeout_s
+
+    async def _connect(self) -> TcpLink:
+        return await TcpLink.open(self.host, self.port, self._connect_timeout_s)
+
+
+def line_key(config: Config, connector: ConnectorSettings) -> str:
+    """The line a connector's slave is on: the bus name, or "bus/host:port" on a TCP bus."""
+    bus = config.bus(connector.bus)
+    if bus.kind is not Framing.TCP:
+        return bus.name
+    host = connector.host or ""
+    return f"{bus.name}/[{host}]:{connector.port}" if ":" in host else f"{bus.name}/{host}:{connector.port}"
+
+
+def build_lines(config: Config) -> dict[str, ModbusLine]:
+    """Every line of the config, by line_key: one per serial bus, one per TCP endpoint in use."""
+    issues: list[ConfigIssue] = []
+    lines: dict[str, ModbusLine] = {}
+
+    def issue(path: str, message: str) -> None:
+        issues.append(ConfigIssue(str(config.source), None, path, message))
+    for i, bus in enumerate(config.buses):
+        if bus.kind is Framing.TCP:
+            continue
+        if not bus.port:
+            issue(f"buses[{i}].port", f"serial bus {bus.name} needs a port")
+            continue
+        lines[bus.name] = SerialLine(bus)
+    known = {b.name for b in config.buses}
+    for i, connector in enumerate(config.connectors):
+        if connector.bus not in known:
+            issue(f"connectors[{i}].bus", f"no bus named {connector.bus}")
+            continue
+        if config.bus(connector.bus).kind is not Framing.TCP:
+            continue
+        if not connector.host:
+            issue(f"connectors[{i}].host", "a tcp bus needs a host")
+            continue
+        key = line_key(config, connector)
+        if key not in lines:
+            lines[key] = TcpEndpoint(key, connector.host, connector.port)
+    if issues:
+        raise ConfigError(issues)
+    return lines

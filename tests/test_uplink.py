@@ -1,0 +1,94 @@
+"""The uplink against the independent strict backend (npm ocpp-rpc): boot first, statuses, the outbox in order."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import Clock
+from gateway.session import StatusChanged, Transaction, TransactionStarted, TransactionStopped
+from gateway.settings import BackendSettings, ChargePointInfo
+from gateway.store import Store
+from gateway.uplink import Uplink
+from tests.ocpp_rpc_peer import OcppRpcBackend
+
+pytestmark = pytest.mark.interop
+
+CLOCK = Clock()
+INFO = ChargePointInfo("CP-UPLINK-1", "OpenGateway", "Cluster", "SN-1")
+
+
+async def drained(store: Store, timeout: float = 10.0) -> None:
+    """Wait until every queued message was answered and dropped."""
+    async with asyncio.timeout(timeout):
+        while await store.pending():
+            await asyncio.sleep(0.05)
+
+
+def statuses() -> list[StatusChanged]:
+    return [StatusChanged(1, "Available", "NoError", None, CLOCK.wall()), StatusChanged(2, "Faulted", "OtherError", "slave not answering", CLOCK.wall())]
+
+
+async def offline_session(store: Store) -> None:
+    """A whole session recorded while the uplink was down: Start, a MeterValues, Stop."""
+    t0 = CLOCK.wall() - 600
+    tx = Transaction("offline-1", "TAG-1", 1000, t0)
+    await store.commit([TransactionStarted(2, tx)], CLOCK)
+    await store.queue_meter_values(2, tx.key, [{"timestamp": CLOCK.utc_iso(t0 + 60), "sampledValue": [{"value": "1500", "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}])
+    await store.commit([TransactionStopped(2, tx, 2500, "EVDisconnected", t0 + 300)], CLOCK)
+
+
+async def test_offline_session_is_delivered_in_order_after_boot(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    await offline_session(store)
+    async with OcppRpcBackend() as backend:
+        uplink = Uplink(INFO, BackendSettings(url=backend.url), store, CLOCK, statuses, heartbeat_interval_s=3600)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await drained(store, 20)
+            await backend.wait_for_calls("StatusNotification", 3, timeout=10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        calls = backend.calls(identity=INFO.identity)
+        assert calls[0]["method"] == "BootNotification"
+        assert calls[0]["params"]["chargePointSerialNumber"] == "SN-1"
+        tx_calls = [c for c in calls if c["method"] in ("StartTransaction", "MeterValues", "StopTransaction")]
+        assert [c["method"] for c in tx_calls] == ["StartTransaction", "MeterValues", "StopTransaction"]
+        result = next(r for r in backend.of_type("result") if r["messageId"] == tx_calls[0]["messageId"])
+        tx_id = result["result"]["transactionId"]
+        assert tx_calls[1]["params"]["transactionId"] == tx_id == tx_calls[2]["params"]["transactionId"]
+        assert tx_calls[0]["params"]["meterStart"] == 1000 and tx_calls[2]["params"]["meterStop"] == 2500
+        status = {c["params"]["connectorId"]: c["params"]["status"] for c in calls if c["method"] == "StatusNotification"}
+        assert status == {0: "Available", 1: "Available", 2: "Faulted"}
+        assert backend.violations == []
+    assert await store.pending() == 0
+    await store.close()
+
+
+async def test_nothing_but_boot_until_accepted_then_reconnect(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    await offline_session(store)
+    async with OcppRpcBackend() as backend:
+        await backend.configure(boot_status="Pending", heartbeat_interval=1)
+        settings = BackendSettings(url=backend.url, reconnect_min_s=0.1, reconnect_max_s=0.5)
+        uplink = Uplink(INFO, settings, store, CLOCK, statuses, heartbeat_interval_s=3600)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await backend.wait_for_calls("BootNotification", 2, timeout=10)
+            assert {c["method"] for c in backend.calls(identity=INFO.identity)} == {"BootNotification"}
+            await backend.configure(boot_status="Accepted", heartbeat_interval=3600)
+            await drained(store)
+            # The backend drops us; the uplink comes back, boots again and reports statuses again.
+            boots = len(backend.calls("BootNotification"))
+            await backend.close_connection(INFO.identity)
+            await backend.wait_for_calls("BootNotification", boots + 1, timeout=10)
+            await asyncio.wait_for(uplink.connected.wait(), 10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert len(backend.calls("StartTransaction")) == 1, "a delivered message was sent again"
+        assert backend.violations == []
+    await store.close()
