@@ -29,6 +29,9 @@ def _setup_logging(verbose: bool) -> None:
     )
     # pymodbus logs every timeout at ERROR; the line layer reports outages once instead.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    if not verbose:  # the ocpp library logs every frame at INFO: a technician's -v, not the journal's default
+        logging.getLogger("ocpp").setLevel(logging.WARNING)
+        logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
 def run_until_signalled(main: Coroutine[Any, Any, Any]) -> int:

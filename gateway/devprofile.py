@@ -72,6 +72,7 @@ ROLES = (
     "voltage_l1",
     "voltage_l2",
     "voltage_l3",
+    "applied_current_limit",
 )
 
 # IEC 61851-1 control-pilot states a vendor state can map to. The digit is the
@@ -181,7 +182,7 @@ BYTESIZES = (7, 8)
 MAX_READ_COUNT = 125  # registers per FC03/FC04 request (Modbus Application Protocol V1.1b3 §6.3, §6.4)
 
 # The unit each role must be in after `scale`, so the session logic never guesses.
-ROLE_UNITS = {"energy": "Wh", "power": "W"} | {
+ROLE_UNITS = {"energy": "Wh", "power": "W", "applied_current_limit": "A"} | {
     f"{q}_l{i}": u for q, u in (("current", "A"), ("voltage", "V")) for i in (1, 2, 3)
 }
 

@@ -99,7 +99,7 @@ class ConnectorPoller:
         if self.connector.state is State.PREPARING and self.id_tag is not None:
             effects += self.connector.authorize(self.id_tag, wall)
         await self._on_effects(effects)
-        await self._apply_current_limit()
+        await self._apply_current_limit(reading)
         await self._sample(reading, wall)
 
     async def _lost(self, exc: DeviceError, wall: float) -> None:
@@ -116,13 +116,20 @@ class ConnectorPoller:
                 timeout_s=self.timeout_s, gap_s=self.profile.inter_frame_delay_s, priority=Priority.COMMAND,
             )
 
-    async def _apply_current_limit(self) -> None:
-        """Offer current only inside a transaction; pause otherwise."""
+    async def _apply_current_limit(self, reading: Reading) -> None:
+        """Offer current only inside a transaction; pause otherwise.
+
+        Where the profile reads the applied limit back, that reading is the truth
+        (the box may have rebooted, failed safe, or been set by someone else);
+        otherwise we trust what we last wrote.
+        """
         spec = self.profile.current_limit
         if spec is None:
             return
         wanted = self.max_current_a if self.connector.state.in_transaction else self.profile.pause_current_a
-        if wanted == self._written_limit:
+        applied = reading.applied_limit_a if reading.applied_limit_a is not None else self._written_limit
+        if applied is not None and abs(applied - wanted) < 0.05:
+            self._written_limit = wanted
             return
         words = registers.current_limit_words(self.profile, wanted)
         try:

@@ -39,4 +39,5 @@ class Reading:
     power_w: float | None = None
     current_a: tuple[float | None, float | None, float | None] = (None, None, None)
     voltage_v: tuple[float | None, float | None, float | None] = (None, None, None)
+    applied_limit_a: float | None = None  # the current limit the device applies now, where it can be read back
     extra: tuple[tuple[str, float], ...] = ()  # other named values, for display

@@ -90,7 +90,7 @@ def decode_reading(profile: Profile, blocks: Mapping[ReadBlock, Sequence[int]]) 
     def phases(prefix: str) -> tuple[float | None, float | None, float | None]:
         return (values.get(f"{prefix}_l1"), values.get(f"{prefix}_l2"), values.get(f"{prefix}_l3"))
 
-    known = {"state", "energy", "power"} | {f"{p}_l{i}" for p in ("current", "voltage") for i in (1, 2, 3)}
+    known = {"state", "energy", "power", "applied_current_limit"} | {f"{p}_l{i}" for p in ("current", "voltage") for i in (1, 2, 3)}
     return Reading(
         state=state,
         vendor_state=vendor_state,
@@ -98,6 +98,7 @@ def decode_reading(profile: Profile, blocks: Mapping[ReadBlock, Sequence[int]]) 
         power_w=values.get("power"),
         current_a=phases("current"),
         voltage_v=phases("voltage"),
+        applied_limit_a=values.get("applied_current_limit"),
         extra=tuple((k, v) for k, v in values.items() if k not in known),
     )
 

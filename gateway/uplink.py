@@ -144,18 +144,26 @@ class Uplink:
             link = _Link(self.info.identity, ws, response_timeout=self.backend.response_timeout_s)
             log.info("uplink connected to %s", backend_url(self.backend, self.info.identity))
             try:
-                # Every task here ends only by raising; the first failure tears the connection down.
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(link.start())  # the reader: routes answers and backend commands
-                    await self._boot(link)
-                    self._backoff.reset()
-                    self.connected.set()
-                    tg.create_task(self._heartbeats(link))
-                    tg.create_task(self._send_statuses(link))
-                    tg.create_task(self._drain(link))
-            except* (websockets.exceptions.ConnectionClosed, UplinkError, TimeoutError, OCPPError) as group:
-                first = group.exceptions[0]
-                raise UplinkError(f"{type(first).__name__}: {first}") from None
+                await self._serve_link(link)
+            except asyncio.CancelledError:
+                # Shutting down: tell the backend we are going away (1001), not that we crashed (1011).
+                await ws.close(websockets.CloseCode.GOING_AWAY)
+                raise
+
+    async def _serve_link(self, link: _Link) -> None:
+        try:
+            # Every task here ends only by raising; the first failure tears the connection down.
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(link.start())  # the reader: routes answers and backend commands
+                await self._boot(link)
+                self._backoff.reset()
+                self.connected.set()
+                tg.create_task(self._heartbeats(link))
+                tg.create_task(self._send_statuses(link))
+                tg.create_task(self._drain(link))
+        except* (websockets.exceptions.ConnectionClosed, UplinkError, TimeoutError, OCPPError) as group:
+            first = group.exceptions[0]
+            raise UplinkError(f"{type(first).__name__}: {first}") from None
 
     async def _call(self, link: _Link, action: str, payload: dict, message_id: str | None = None) -> dict:
         """One CALL with the ocpp library; returns the CALLRESULT payload (camelCase), raises on CALLERROR or timeout."""

@@ -72,7 +72,7 @@ def test_heidelberg_reading_from_literal_registers(heidelberg: Profile) -> None:
     assert extra["temperature"] == pytest.approx(-14.5)  # int16 0xFF6F = -145, 0.1 °C
     assert extra["watchdog_timeout"] == pytest.approx(15.0)  # 0x3A98 = 15000 ms
     assert extra["layout_version"] == 0x0108
-    assert extra["applied_current_limit"] == pytest.approx(16.0)
+    assert reading.applied_limit_a == pytest.approx(16.0)  # holding 261 = 160, 0.1 A
     assert extra["standby_control"] == 4
 
 
