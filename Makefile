@@ -27,12 +27,12 @@ $(NODE_DEPS): tests/interop/package.json tests/interop/package-lock.json
 demo: $(STAMP)
 	$(BIN)/charger-gateway demo -c config/demo.yaml --duration $(DURATION)
 
-test: $(STAMP) $(NODE_DEPS)
+test: $(STAMP) $(NODE_DEPS) lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
-	$(BIN)/mypy gateway
+	$(BIN)/mypy gateway bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/poll_cycle.py

@@ -8,10 +8,10 @@ through `Clock.utc_iso()`.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 # No timestamp before this is believable: the gateway did not exist yet.
-EARLIEST_VALID = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+EARLIEST_VALID = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 
 
 class Clock:
@@ -29,4 +29,4 @@ class Clock:
     def utc_iso(self, wall: float | None = None) -> str:
         """OCPP timestamp: UTC, ISO 8601 with a Z and millisecond precision (never local time)."""
         t = self.wall() if wall is None else wall
-        return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

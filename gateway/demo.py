@@ -47,11 +47,11 @@ async def _demo(config_path: str, duration: float) -> int:
     try:
         for name, argv in commands.items():
             # Own process group: Ctrl-C reaches the demo only, which then stops its children in order.
-            procs[name] = await asyncio.create_subprocess_exec(
+            proc = procs[name] = await asyncio.create_subprocess_exec(
                 *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True
             )
-            assert procs[name].stdout is not None
-            pumps.append(asyncio.create_task(_pump(name, procs[name].stdout, tty)))
+            assert proc.stdout is not None
+            pumps.append(asyncio.create_task(_pump(name, proc.stdout, tty)))
             await asyncio.sleep(1.0)  # the backend listens and the pty exists before the daemon opens them
         exits = [asyncio.create_task(p.wait()) for p in procs.values()]
         waiters = [asyncio.create_task(stop.wait()), *exits]
@@ -61,15 +61,15 @@ async def _demo(config_path: str, duration: float) -> int:
             w.cancel()
     finally:
         for name in ("gateway", "sim", "backend"):  # the daemon first, so it stops against a live cluster
-            proc = procs.get(name)
-            if proc is None or proc.returncode is not None:
+            child = procs.get(name)
+            if child is None or child.returncode is not None:
                 continue
-            proc.send_signal(signal.SIGTERM)
+            child.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), 10)
+                await asyncio.wait_for(child.wait(), 10)
             except TimeoutError:
-                proc.kill()
-                await proc.wait()
+                child.kill()
+                await child.wait()
         await asyncio.gather(*pumps, return_exceptions=True)
     if crashed:
         print(f"demo: {', '.join(crashed)} exited with an error", file=sys.stderr)

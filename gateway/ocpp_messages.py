@@ -61,10 +61,10 @@ def sampled_values(reading: Reading, measurands: Sequence[str], context: str = "
         elif measurand == "Power.Active.Import":
             add(measurand, reading.power_w, "W")
         elif measurand == "Current.Import":
-            for phase, amps in zip(_PHASES, reading.current_a):
+            for phase, amps in zip(_PHASES, reading.current_a, strict=True):
                 add(measurand, amps, "A", phase)
         elif measurand == "Voltage":
-            for phase, volts in zip(_PHASES, reading.voltage_v):
+            for phase, volts in zip(_PHASES, reading.voltage_v, strict=True):
                 add(measurand, volts, "V", f"{phase}-N")
     return out
 

@@ -60,11 +60,14 @@ class Action(enum.Enum):
 _PLUGGED = (Event.EV_IDLE, Event.EVSE_BLOCKS, Event.ENERGY_FLOWS)
 
 
-def _row(**cells: tuple[State, tuple[Action, ...]]) -> dict[Event, tuple[State, tuple[Action, ...]]]:
+Cell = tuple[State, tuple[Action, ...]]
+
+
+def _row(**cells: Cell) -> dict[Event, Cell]:
     return {Event[name.upper()]: cell for name, cell in cells.items()}
 
 
-def _in_tx_row() -> dict[Event, tuple[State, tuple[Action, ...]]]:
+def _in_tx_row() -> dict[Event, Cell]:
     return _row(
         unplugged=(State.AVAILABLE, (Action.STOP_TX,)),
         ev_idle=(State.SUSPENDED_EV, ()),
@@ -75,14 +78,14 @@ def _in_tx_row() -> dict[Event, tuple[State, tuple[Action, ...]]]:
     )
 
 
-def _idle_row(plugged: State) -> dict[Event, tuple[State, tuple[Action, ...]]]:
-    row = {event: (plugged, ()) for event in _PLUGGED}
+def _idle_row(plugged: State) -> dict[Event, Cell]:
+    row: dict[Event, Cell] = {event: (plugged, ()) for event in _PLUGGED}
     row[Event.UNPLUGGED] = (State.AVAILABLE, ())
     row[Event.FAULT] = (State.FAULTED, ())
     return row
 
 
-TRANSITIONS: dict[State, dict[Event, tuple[State, tuple[Action, ...]]]] = {
+TRANSITIONS: dict[State, dict[Event, Cell]] = {
     State.AVAILABLE: _idle_row(plugged=State.PREPARING),
     # Authorization opens the transaction; the EVSE offers no current until the
     # gateway has written the limit, hence SuspendedEVSE until the next poll says otherwise.

@@ -102,7 +102,7 @@ class Uplink:
             try:
                 await self._serve_one_connection()
                 problem = "connection closed"
-            except (OSError, asyncio.TimeoutError, websockets.exceptions.WebSocketException, UplinkError) as exc:
+            except (TimeoutError, OSError, websockets.exceptions.WebSocketException, UplinkError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             finally:
                 self.connected.clear()
@@ -227,7 +227,7 @@ class Uplink:
             log.error("backend refused %s #%d (attempt %d): %s", message.action, message.seq, attempts, exc)
             await asyncio.sleep(attempts * TX_RETRY_INTERVAL_S)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.store.count_attempt(message)
             # No answer on an open socket: on GPRS the link is most likely dead. Reconnect and resend the same message.
             raise UplinkError(f"no answer to {message.action} within {self.backend.response_timeout_s} s") from None

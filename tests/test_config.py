@@ -60,7 +60,7 @@ def test_demo_config() -> None:
     assert config.authorization.free_charging_id_tag == "DEMO-FREE"
     assert config.ocpp.meter_value_sample_interval_s == 10
     assert config.simulator.speed == 60 and config.simulator.seed == 7 and config.simulator.wire_delay
-    assert config.simulator.idle_s == (60, 240) and config.simulator.session_kwh == (1.5, 4.0)
+    assert config.simulator.idle_s == (180, 300) and config.simulator.session_kwh == (1.5, 4.0)
     assert set(config.profiles) == {HEIDELBERG}
     assert all(config.profile_of(c).name == HEIDELBERG for c in config.connectors)
     # The one expected warning: the demo line is declared N, the profile says E.

@@ -12,9 +12,9 @@ from gateway.session import (
     Event,
     State,
     StatusChanged,
+    Transaction,
     TransactionStarted,
     TransactionStopped,
-    Transaction,
     classify,
 )
 

@@ -8,8 +8,8 @@ import pytest
 
 from gateway.clock import Clock
 from gateway.errors import LocalProtocolError
-from gateway.store import Store
 from gateway.session import StatusChanged, Transaction, TransactionStarted, TransactionStopped
+from gateway.store import Store
 
 CLOCK = Clock()
 T0 = 1_790_000_000.0  # 2026-09
