@@ -86,10 +86,15 @@ async def test_every_simulated_session_reaches_the_strict_backend_once(tmp_path:
     async with OcppRpcBackend() as backend:
         config = cluster_config(tmp_path, backend.url)
         events_file = tmp_path / "sim-events.jsonl"
-        # The daemon first: it must pause every slave before the first EV arrives,
-        # or that EV would charge before authorization and meterStart would differ from the plug-in reading.
-        daemon = await spawn("run", "-c", str(config), log=tmp_path / "daemon.log")
+        # The daemon must pause every slave before the first EV arrives (3 s or more after the simulator
+        # starts), or that EV would charge before authorization and meterStart would differ from the
+        # plug-in reading. So it starts as soon as the simulated line exists, not before: a daemon
+        # waiting for a missing port backs off, and could miss that window.
         sim = await spawn("simulate", "-c", str(config), "--events", str(events_file), log=tmp_path / "sim.log")
+        async with asyncio.timeout(20):
+            while not (tmp_path / "ttyRS485-1").exists():
+                await asyncio.sleep(0.05)
+        daemon = await spawn("run", "-c", str(config), log=tmp_path / "daemon.log")
         try:
             deadline = asyncio.get_running_loop().time() + 150
             while True:

@@ -12,7 +12,7 @@ from gateway.session import StatusChanged, Transaction, TransactionStarted, Tran
 from gateway.settings import BackendSettings, ChargePointInfo
 from gateway.store import Store
 from gateway.uplink import Uplink
-from tests.ocpp_rpc_peer import OcppRpcBackend
+from tests.ocpp_rpc_peer import OcppRpcBackend, make_self_signed_cert
 
 pytestmark = pytest.mark.interop
 
@@ -91,4 +91,51 @@ async def test_nothing_but_boot_until_accepted_then_reconnect(tmp_path: Path) ->
             await asyncio.gather(task, return_exceptions=True)
         assert len(backend.calls("StartTransaction")) == 1, "a delivered message was sent again"
         assert backend.violations == []
+    await store.close()
+
+
+async def test_wss_with_private_ca_and_basic_auth(tmp_path: Path) -> None:
+    cert, key = make_self_signed_cert(tmp_path)
+    password = tmp_path / "backend-password"
+    password.write_text("correct horse battery staple\n")
+    store = await Store.open(tmp_path / "gw.db")
+    await offline_session(store)
+    async with OcppRpcBackend(password="correct horse battery staple", tls_cert=cert, tls_key=key) as backend:
+        assert backend.url.startswith("wss://")
+        settings = BackendSettings(url=backend.url, password_file=password, ca_file=cert)
+        uplink = Uplink(INFO, settings, store, CLOCK, statuses, heartbeat_interval_s=3600)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await drained(store, 20)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        connect = backend.of_type("connect", INFO.identity)[0]
+        assert connect["protocol"] == "ocpp1.6"
+        assert backend.violations == []
+    await store.close()
+
+
+@pytest.mark.parametrize("fault", ["wrong password", "unknown CA"])
+async def test_refused_or_untrusted_backend_never_connects(tmp_path: Path, fault: str) -> None:
+    cert, key = make_self_signed_cert(tmp_path)
+    password = tmp_path / "backend-password"
+    password.write_text("wrong" if fault == "wrong password" else "right")
+    store = await Store.open(tmp_path / "gw.db")
+    async with OcppRpcBackend(password="right", tls_cert=cert, tls_key=key) as backend:
+        # "unknown CA": no ca_file, so the system CAs are used, and they do not know this certificate.
+        settings = BackendSettings(url=backend.url, password_file=password, ca_file=cert if fault == "wrong password" else None,
+                                   reconnect_min_s=0.2, reconnect_max_s=0.5)
+        uplink = Uplink(INFO, settings, store, CLOCK, statuses, heartbeat_interval_s=3600)
+        task = asyncio.create_task(uplink.run())
+        try:
+            if fault == "wrong password":
+                await backend.wait_for(lambda r: r["type"] == "auth-rejected" and r["status"] == 401, 10)
+            else:
+                await asyncio.sleep(1.5)
+            assert not uplink.connected.is_set()
+            assert backend.calls(identity=INFO.identity) == []
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     await store.close()
