@@ -41,7 +41,7 @@ def write_config(directory: Path, slaves: int, baud: int) -> Path:
     config = {
         "charge_point": {"identity": "BENCH", "vendor": "bench", "model": "bench"},
         "backend": {"url": "ws://127.0.0.1:9/ocpp"},
-        "buses": [{"name": "rs485", "kind": "rtu", "port": str(directory / "tty"), "baudrate": baud, "parity": "N", "poll_interval_s": 3.0}],
+        "buses": [{"name": "rs485", "kind": "rtu", "port": str(directory / "tty"), "baudrate": baud, "parity": "N", "poll_interval_s": max(1.0, 0.45 * slaves)}],
         "connectors": [{"id": u, "bus": "rs485", "unit": u, "profile": "heidelberg-energy-control"} for u in range(1, slaves + 1)],
         "storage": {"path": str(directory / "bench.db")},
         "simulator": {"speed": 1, "seed": 1, "wire_delay": True},
