@@ -1,0 +1,101 @@
+"""The connector poller on a real pty line against the simulator: control writes, sessions, a dead neighbour."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from gateway.clock import Clock
+from gateway.config import load_config_with_warnings
+from gateway.devprofile import Table
+from gateway.modbus_line import SerialLine
+from gateway.poller import ConnectorPoller
+from gateway.session import Connector, Effect, State, StatusChanged, TransactionStarted, TransactionStopped
+from gateway.settings import Config, ConnectorSettings
+from gateway.simulator import run_simulation
+
+LIMIT_REGISTER = 261  # Heidelberg holding register: current limit, 0.1 A
+
+
+def line_config(tmp_path: Path) -> Config:
+    doc = {
+        "charge_point": {"identity": "CP-POLL", "vendor": "t", "model": "t"},
+        "backend": {"url": "ws://127.0.0.1:9/ocpp"},
+        "buses": [{"name": "rs485", "kind": "rtu", "port": str(tmp_path / "tty"), "parity": "N", "poll_interval_s": 1.0}],
+        "connectors": [{"id": 1, "bus": "rs485", "unit": 1, "profile": "heidelberg-energy-control"}],
+        "storage": {"path": str(tmp_path / "gw.db")},
+        "simulator": {"speed": 120, "seed": 3, "wire_delay": True, "idle_s": [120, 180], "session_kwh": [0.2, 0.4]},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(doc))
+    config, _ = load_config_with_warnings(tmp_path / "c.yaml")
+    return config
+
+
+class Recorder:
+    """Collects what the poller hands to the daemon, in order."""
+
+    def __init__(self) -> None:
+        self.effects: list[Effect] = []
+        self.meter_values: list[tuple[int, str, Sequence[dict]]] = []
+
+    async def on_effects(self, effects: Sequence[Effect]) -> None:
+        self.effects.extend(effects)
+
+    async def on_meter_values(self, connector_id: int, key: str, entries: Sequence[dict]) -> None:
+        self.meter_values.append((connector_id, key, entries))
+
+
+def poller(config: Config, line: SerialLine, settings: ConnectorSettings, rec: Recorder) -> ConnectorPoller:
+    return ConnectorPoller(
+        settings, config.buses[0], config.profiles["heidelberg-energy-control"], line, Connector(settings.id), Clock(),
+        rec.on_effects, rec.on_meter_values, id_tag="FREE", measurands=("Energy.Active.Import.Register", "Power.Active.Import"),
+        sample_interval_s=0.5,
+    )
+
+
+async def test_session_on_a_real_line_with_a_dead_neighbour(tmp_path: Path) -> None:
+    config = line_config(tmp_path)
+    sim_events: list[dict] = []
+    ready = asyncio.Event()
+    limits: list[int] = []
+    async with asyncio.TaskGroup() as tg:
+        sim = tg.create_task(run_simulation(config, on_event=sim_events.append, ready=ready))
+        await ready.wait()
+        line = SerialLine(config.buses[0])
+        owner = tg.create_task(line.run())
+        live, dead = Recorder(), Recorder()
+        live_poller = poller(config, line, config.connectors[0], live)
+        # Unit 9 is on the line in the config of this poller only: nobody answers it.
+        dead_poller = poller(config, line, ConnectorSettings(id=2, bus="rs485", unit=9, profile="heidelberg-energy-control"), dead)
+        pollers = [tg.create_task(live_poller.run()), tg.create_task(dead_poller.run())]
+        async with asyncio.timeout(40):
+            while live_poller.online is None:  # the first poll (and its pause write) has not happened yet
+                await asyncio.sleep(0.02)
+            while not any(isinstance(e, TransactionStopped) for e in live.effects):
+                limits.append((await line.read(1, Table.HOLDING, LIMIT_REGISTER, 1, timeout_s=1.0))[0])
+                await asyncio.sleep(0.2)
+            while limits[-1] != 0:  # the pause follows the stop within the same poll
+                limits.append((await line.read(1, Table.HOLDING, LIMIT_REGISTER, 1, timeout_s=1.0))[0])
+        for task in (*pollers, owner, sim):
+            task.cancel()
+
+    # The box starts at its maximum (left so by a previous master) and is paused at once, before any EV.
+    assert limits[0] == 0
+    started = next(e for e in live.effects if isinstance(e, TransactionStarted))
+    stopped = next(e for e in live.effects if isinstance(e, TransactionStopped))
+    plug = next(e for e in sim_events if e["event"] == "plug" and e["unit"] == 1)
+    unplug = next(e for e in sim_events if e["event"] == "unplug" and e["unit"] == 1)
+    assert started.transaction.meter_start_wh == plug["energy_wh"]
+    assert stopped.meter_stop_wh == unplug["energy_wh"] > plug["energy_wh"]
+    # Current was offered (16 A) during the session and withdrawn after it.
+    assert 160 in limits and limits[-1] == 0
+    statuses = [e.status for e in live.effects if isinstance(e, StatusChanged)]
+    assert statuses[:3] == ["Preparing", "SuspendedEVSE", "Charging"] and statuses[-1] == "Available"
+    assert live.meter_values and all(key == started.transaction.key for _, key, _ in live.meter_values)
+    # The dead unit is Faulted once, not once per poll, and the live one was followed through a whole session meanwhile.
+    assert [e.status for e in dead.effects if isinstance(e, StatusChanged)] == ["Faulted"]
+    assert dead_poller.connector.state is State.FAULTED and live_poller.online
+    assert line.stats.timeouts >= 1
