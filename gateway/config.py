@@ -184,6 +184,9 @@ _CONFIG = Field(
                         "meter_values_sampled_data": Field(
                             ListOf(Field(str, choices=tuple(m.value for m in Measurand)))
                         ),
+                        "transaction_message_attempts": Field(int, min=1),
+                        "transaction_message_retry_interval_s": Field(int, min=1),
+                        "meter_values_batch_max": Field(int, min=1, max=1000),
                     },
                 )
             ),

@@ -32,9 +32,8 @@ class Daemon:
         self._pending: list[Effect] = []  # effects not yet committed (the disk refused them)
         self._commit_lock = asyncio.Lock()
         self.uplink = Uplink(
-            config.charge_point, config.backend, store, clock,
+            config.charge_point, config.backend, config.ocpp, store, clock,
             statuses=lambda: [self.statuses[c] for c in sorted(self.statuses)],
-            heartbeat_interval_s=config.ocpp.heartbeat_interval_s,
         )
         self.lines = build_lines(config)
         self.pollers: list[ConnectorPoller] = []

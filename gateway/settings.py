@@ -69,6 +69,9 @@ class OcppSettings:
         "Current.Import",
         "Voltage",
     )
+    transaction_message_attempts: int = 3  # OCPP 1.6 §3.7.1; Start/Stop are kept past it, with an alarm
+    transaction_message_retry_interval_s: int = 30  # wait after failure n: n x this
+    meter_values_batch_max: int = 60  # queued samples of one transaction sent as one MeterValues message
 
 
 @dataclass(frozen=True)

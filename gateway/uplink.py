@@ -29,7 +29,7 @@ from gateway.backoff import Backoff
 from gateway.clock import Clock
 from gateway.errors import BackendRefused, UplinkError
 from gateway.session import StatusChanged
-from gateway.settings import BackendSettings, ChargePointInfo
+from gateway.settings import BackendSettings, ChargePointInfo, OcppSettings
 from gateway.store import QueuedMessage, Store
 
 log = logging.getLogger("gateway.uplink")
@@ -67,17 +67,18 @@ class Uplink:
         self,
         info: ChargePointInfo,
         backend: BackendSettings,
+        ocpp: OcppSettings,
         store: Store,
         clock: Clock,
         statuses: Callable[[], list[StatusChanged]],
-        heartbeat_interval_s: int,
     ) -> None:
         self.info = info
         self.backend = backend
+        self.ocpp = ocpp
         self.store = store
         self.clock = clock
         self._statuses = statuses
-        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat_interval_s = ocpp.heartbeat_interval_s
         self._status_queue: asyncio.Queue[StatusChanged] = asyncio.Queue()
         self._outbox_changed = asyncio.Event()
         self.connected = asyncio.Event()  # set while Boot is accepted and the link is up

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.clock import Clock
 from gateway.session import StatusChanged, Transaction, TransactionStarted, TransactionStopped
-from gateway.settings import BackendSettings, ChargePointInfo
+from gateway.settings import BackendSettings, ChargePointInfo, OcppSettings
 from gateway.store import Store
 from gateway.uplink import Uplink
 from tests.ocpp_rpc_peer import OcppRpcBackend, make_self_signed_cert
@@ -44,7 +44,7 @@ async def test_offline_session_is_delivered_in_order_after_boot(tmp_path: Path) 
     store = await Store.open(tmp_path / "gw.db")
     await offline_session(store)
     async with OcppRpcBackend() as backend:
-        uplink = Uplink(INFO, BackendSettings(url=backend.url), store, CLOCK, statuses, heartbeat_interval_s=3600)
+        uplink = Uplink(INFO, BackendSettings(url=backend.url), OcppSettings(), store, CLOCK, statuses)
         task = asyncio.create_task(uplink.run())
         try:
             await drained(store, 20)
@@ -74,7 +74,7 @@ async def test_nothing_but_boot_until_accepted_then_reconnect(tmp_path: Path) ->
     async with OcppRpcBackend() as backend:
         await backend.configure(boot_status="Pending", heartbeat_interval=1)
         settings = BackendSettings(url=backend.url, reconnect_min_s=0.1, reconnect_max_s=0.5)
-        uplink = Uplink(INFO, settings, store, CLOCK, statuses, heartbeat_interval_s=3600)
+        uplink = Uplink(INFO, settings, OcppSettings(), store, CLOCK, statuses)
         task = asyncio.create_task(uplink.run())
         try:
             await backend.wait_for_calls("BootNotification", 2, timeout=10)
@@ -103,7 +103,7 @@ async def test_wss_with_private_ca_and_basic_auth(tmp_path: Path) -> None:
     async with OcppRpcBackend(password="correct horse battery staple", tls_cert=cert, tls_key=key) as backend:
         assert backend.url.startswith("wss://")
         settings = BackendSettings(url=backend.url, password_file=password, ca_file=cert)
-        uplink = Uplink(INFO, settings, store, CLOCK, statuses, heartbeat_interval_s=3600)
+        uplink = Uplink(INFO, settings, OcppSettings(), store, CLOCK, statuses)
         task = asyncio.create_task(uplink.run())
         try:
             await drained(store, 20)
@@ -126,7 +126,7 @@ async def test_refused_or_untrusted_backend_never_connects(tmp_path: Path, fault
         # "unknown CA": no ca_file, so the system CAs are used, and they do not know this certificate.
         settings = BackendSettings(url=backend.url, password_file=password, ca_file=cert if fault == "wrong password" else None,
                                    reconnect_min_s=0.2, reconnect_max_s=0.5)
-        uplink = Uplink(INFO, settings, store, CLOCK, statuses, heartbeat_interval_s=3600)
+        uplink = Uplink(INFO, settings, OcppSettings(), store, CLOCK, statuses)
         task = asyncio.create_task(uplink.run())
         try:
             if fault == "wrong password":
