@@ -11,14 +11,25 @@ The outbox holds the OCPP transaction messages (Start/StopTransaction,
 MeterValues) in strict order (OCPP 1.6 §3.7). Each row carries the local
 session key; the backend's transactionId is filled in when the row is read
 for sending, so messages queued while offline never carry a made-up id.
+
+Before its first send, a row is frozen: queued samples of the same
+transaction are merged into it (one MeterValues message with several
+meterValue entries, for a fast drain after an outage), and from then on its
+content never changes. A resend after a crash or a lost answer is therefore
+byte-identical, with the same message id, and the backend can spot the
+duplicate (ocpp-gateway-notes.md, field failure 9). Merging pulls later
+samples of one transaction ahead of other transactions' rows; the order
+within each transaction, and Start before samples before Stop, is kept.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +69,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     session_key TEXT REFERENCES sessions (key),
     payload TEXT NOT NULL,
     message_id TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    frozen INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -89,6 +101,7 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -99,6 +112,9 @@ class Store:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.executescript(_SCHEMA)
+            async with db.execute("SELECT name FROM pragma_table_info('outbox')") as cursor:
+                if "frozen" not in {row[0] for row in await cursor.fetchall()}:  # a schema-1 file from before batching
+                    await db.execute("ALTER TABLE outbox ADD COLUMN frozen INTEGER NOT NULL DEFAULT 0")
             await db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: {exc}") from exc
@@ -107,19 +123,27 @@ class Store:
     async def close(self) -> None:
         await self._db.close()
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction at a time on the shared connection: the pollers and the
+        uplink commit from different tasks, and their awaits must not interleave a BEGIN."""
+        async with self._lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    await self._db.execute("ROLLBACK")
+                    raise
+                await self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+
     async def _write(self, statements: Sequence[tuple[str, tuple]]) -> None:
         """Run statements in one transaction: all of them are committed, or none."""
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    await self._db.execute(sql, args)
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        async with self._transaction() as db:
+            for sql, args in statements:
+                await db.execute(sql, args)
 
     async def commit(self, effects: Sequence[Effect], clock: Clock) -> None:
         """Persist the effects of one poll, atomically, before anything else acts on them."""
@@ -161,23 +185,56 @@ class Store:
     def _event_row(wall: float, connector_id: int, kind: str, data: dict) -> tuple[str, tuple]:
         return ("INSERT INTO events (wall, connector_id, kind, data) VALUES (?, ?, ?, ?)", (wall, connector_id, kind, json.dumps(data)))
 
-    async def head(self) -> QueuedMessage | None:
-        """The oldest queued transaction message, with its transactionId resolved; None when the outbox is empty."""
+    async def next_to_send(self, batch_max: int = 1) -> QueuedMessage | None:
+        """The oldest queued message, frozen for sending, transactionId resolved; None when the outbox is empty.
+
+        A MeterValues row not yet frozen first takes in up to batch_max - 1 later
+        samples of its transaction; merge and freeze are one commit.
+        """
         async with self._db.execute(
-            "SELECT o.seq, o.action, o.payload, o.message_id, o.session_key, o.attempts, s.transaction_id "
+            "SELECT o.seq, o.action, o.payload, o.message_id, o.session_key, o.attempts, o.frozen, s.transaction_id "
             "FROM outbox o LEFT JOIN sessions s ON s.key = o.session_key ORDER BY o.seq LIMIT 1"
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
-        seq, action, payload_text, message_id, session_key, attempts, transaction_id = row
+        seq, action, payload_text, message_id, session_key, attempts, frozen, transaction_id = row
         payload = json.loads(payload_text)
+        if not frozen:
+            payload = await self._freeze(seq, action, session_key, payload, batch_max)
         if action in _NEEDS_TX_ID:
             if transaction_id is None:
                 # Strict FIFO means the session's StartTransaction was answered before this row came up.
                 raise LocalProtocolError(f"outbox #{seq} {action}: session {session_key} has no transactionId")
             payload["transactionId"] = transaction_id
         return QueuedMessage(seq, action, payload, message_id, session_key, attempts)
+
+    async def _freeze(self, seq: int, action: str, session_key: str | None, payload: dict, batch_max: int) -> dict:
+        async with self._transaction() as db:
+            if action == "MeterValues" and batch_max > 1:
+                async with db.execute(
+                    "SELECT seq, payload FROM outbox WHERE action = 'MeterValues' AND session_key = ? AND seq > ? AND frozen = 0 "
+                    "ORDER BY seq LIMIT ?",
+                    (session_key, seq, batch_max - 1),
+                ) as cursor:
+                    later = list(await cursor.fetchall())
+                if later:
+                    payload["meterValue"] = payload["meterValue"] + [e for _, text in later for e in json.loads(text)["meterValue"]]
+                    await db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(later))})", tuple(s for s, _ in later))
+            await db.execute("UPDATE outbox SET frozen = 1, payload = ? WHERE seq = ?", (json.dumps(payload, separators=(",", ":")), seq))
+        return payload
+
+    async def drop(self, message: QueuedMessage, why: str, wall: float) -> None:
+        """Give up on a message (MeterValues past TransactionMessageAttempts), leaving a trace in the event log."""
+        connector = int(message.payload.get("connectorId", 0))
+        await self._write([
+            ("DELETE FROM outbox WHERE seq = ?", (message.seq,)),
+            self._event_row(wall, connector, "dropped", {"action": message.action, "messageId": message.message_id, "why": why}),
+        ])
+
+    async def alarm(self, connector_id: int, text: str, wall: float) -> None:
+        """An alarm for the operator: kept in the event log (the technician's `status` shows them)."""
+        await self._write([self._event_row(wall, connector_id, "alarm", {"text": text})])
 
     async def acknowledge(self, message: QueuedMessage, result: dict) -> None:
         """The backend answered `message`: drop it, and keep the transactionId a StartTransaction got."""

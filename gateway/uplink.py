@@ -24,7 +24,7 @@ from ocpp.v16 import ChargePoint, call
 from websockets.asyncio.client import ClientConnection, connect
 
 import gateway
-from gateway import ocpp_messages
+from gateway import ocpp_messages, retry
 from gateway.backoff import Backoff
 from gateway.clock import Clock
 from gateway.errors import BackendRefused, UplinkError
@@ -35,7 +35,6 @@ from gateway.store import QueuedMessage, Store
 log = logging.getLogger("gateway.uplink")
 
 OCPP_SUBPROTOCOL = "ocpp1.6"
-TX_RETRY_INTERVAL_S = 30.0  # TransactionMessageRetryInterval default (OCPP 1.6 §9.1)
 
 
 def backend_url(backend: BackendSettings, identity: str) -> str:
@@ -213,7 +212,7 @@ class Uplink:
         """Send the outbox head, wait for its answer, drop it; strictly one in flight, in order."""
         while True:
             self._outbox_changed.clear()
-            message = await self.store.head()
+            message = await self.store.next_to_send(self.ocpp.meter_values_batch_max)
             if message is None:
                 await self._outbox_changed.wait()
                 continue
@@ -223,18 +222,27 @@ class Uplink:
         try:
             result = await self._call(link, message.action, message.payload, message.message_id)
         except OCPPError as exc:
-            # A CALLERROR: the backend could not take it now. Never drop a transaction message.
-            attempts = await self.store.count_attempt(message)
-            log.error("backend refused %s #%d (attempt %d): %s", message.action, message.seq, attempts, exc)
-            await asyncio.sleep(attempts * TX_RETRY_INTERVAL_S)
+            # A CALLERROR (or a reply that fails the schema): the backend answered and did not take it.
+            failures = await self.store.count_attempt(message)
+            decision = retry.after_failure(
+                message.action, failures, self.ocpp.transaction_message_attempts, self.ocpp.transaction_message_retry_interval_s
+            )
+            log.error("backend refused %s #%d (failure %d): %s", message.action, message.seq, failures, exc)
+            if decision.drop:
+                await self.store.drop(message, f"refused {failures} times: {exc}", self.clock.wall())
+                return
+            if decision.alarm:
+                text = f"{message.action} refused {failures} times, kept and retried every {decision.delay_s:.0f} s: {exc}"
+                await self.store.alarm(int(message.payload.get("connectorId", 0)), text, self.clock.wall())
+            await asyncio.sleep(decision.delay_s)
             return
         except TimeoutError:
-            await self.store.count_attempt(message)
-            # No answer on an open socket: on GPRS the link is most likely dead. Reconnect and resend the same message.
+            # No answer on an open socket: on GPRS the link is most likely dead. Reconnect and resend the same,
+            # frozen message. Not counted as a refusal: whether the backend got it is unknown, and a week in
+            # a dead zone must not use up the attempts of the samples waiting at the head of the queue.
             raise UplinkError(f"no answer to {message.action} within {self.backend.response_timeout_s} s") from None
         await self.store.acknowledge(message, result)
         log.debug("delivered %s #%d", message.action, message.seq)
-
 
 
 def _wire_payload(result: object) -> dict:

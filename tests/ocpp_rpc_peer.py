@@ -347,9 +347,13 @@ class OcppRpcBackend:
         boot_status: str | None = None,
         heartbeat_interval: int | None = None,
         id_tag_status: str | None = None,
+        refuse: dict[str, int] | None = None,
     ) -> None:
-        """Change how later BootNotification / Authorize / Start- and StopTransaction are answered."""
-        settings = {"bootStatus": boot_status, "heartbeatInterval": heartbeat_interval, "idTagStatus": id_tag_status}
+        """Change how later BootNotification / Authorize / Start- and StopTransaction are answered.
+
+        refuse={"MeterValues": 2} answers the next two MeterValues with a CALLERROR InternalError.
+        """
+        settings = {"bootStatus": boot_status, "heartbeatInterval": heartbeat_interval, "idTagStatus": id_tag_status, "refuse": refuse}
         await self._command(
             {"cmd": "configure", **{k: v for k, v in settings.items() if v is not None}}, ("ack",), 10.0
         )

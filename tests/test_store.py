@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ async def test_session_messages_in_order_with_transaction_id_resolved(tmp_path: 
     assert await store.pending() == 3
     assert (await store.open_sessions()) == {}
 
-    head = await store.head()
+    head = await store.next_to_send()
     assert head is not None and head.action == "StartTransaction"
     assert head.payload == {"connectorId": 2, "idTag": "TAG", "meterStart": 1000, "timestamp": "2026-09-21T14:13:20.000Z"}
     first_id = head.message_id
@@ -33,18 +34,18 @@ async def test_session_messages_in_order_with_transaction_id_resolved(tmp_path: 
 
     # Reopen: the head is the same message with the same id (a resend is byte-identical).
     store = await Store.open(db)
-    again = await store.head()
+    again = await store.next_to_send()
     assert again == head and again.message_id == first_id
     await store.acknowledge(again, {"transactionId": 77, "idTagInfo": {"status": "Accepted"}})
 
-    mv = await store.head()
+    mv = await store.next_to_send()
     assert mv is not None and mv.action == "MeterValues" and mv.payload["transactionId"] == 77
     await store.acknowledge(mv, {})
-    stop = await store.head()
+    stop = await store.next_to_send()
     assert stop is not None and stop.action == "StopTransaction"
     assert stop.payload["transactionId"] == 77 and stop.payload["meterStop"] == 1500
     await store.acknowledge(stop, {})
-    assert await store.head() is None and await store.pending() == 0
+    assert await store.next_to_send() is None and await store.pending() == 0
     await store.close()
 
 
@@ -63,21 +64,126 @@ async def test_stop_before_start_answered_is_a_local_error(tmp_path: Path) -> No
     tx = Transaction("s1", "TAG", 1, T0)
     await store.commit([TransactionStarted(1, tx)], CLOCK)
     await store.commit([TransactionStopped(1, tx, 2, "Local", T0)], CLOCK)
-    head = await store.head()
+    head = await store.next_to_send()
     assert head is not None
     # Deleting the Start without an answer breaks the FIFO invariant; head() refuses to invent an id.
     await store._write([("DELETE FROM outbox WHERE seq = ?", (head.seq,))])
     with pytest.raises(LocalProtocolError):
-        await store.head()
+        await store.next_to_send()
     await store.close()
 
 
 async def test_attempts_are_counted_and_kept(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "gw.db")
     await store.commit([TransactionStarted(1, Transaction("s1", "T", 1, T0))], CLOCK)
-    head = await store.head()
+    head = await store.next_to_send()
     assert head is not None
     assert await store.count_attempt(head) == 1
-    again = await store.head()
+    again = await store.next_to_send()
     assert again is not None and again.attempts == 1
+    await store.close()
+
+
+def sample(value: int) -> list[dict]:
+    return [{"timestamp": CLOCK.utc_iso(T0 + value), "sampledValue": [{"value": str(value)}]}]
+
+
+async def test_meter_values_of_one_transaction_are_batched_in_order(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    s1, s2 = Transaction("s1", "T", 0, T0), Transaction("s2", "T", 0, T0)
+    await store.commit([TransactionStarted(1, s1)], CLOCK)
+    for v in (1, 2, 3):
+        await store.queue_meter_values(1, "s1", sample(v))
+    await store.commit([TransactionStarted(2, s2)], CLOCK)
+    for v in (101, 102):
+        await store.queue_meter_values(2, "s2", sample(v))
+    for v in (4, 5):
+        await store.queue_meter_values(1, "s1", sample(v))
+    await store.commit([TransactionStopped(1, s1, 5, "EVDisconnected", T0 + 9)], CLOCK)
+
+    sent: list[tuple[str, list[str]]] = []
+    tx_id = 10
+    while (m := await store.next_to_send(batch_max=4)) is not None:
+        values = [e["sampledValue"][0]["value"] for e in m.payload.get("meterValue", [])]
+        sent.append((m.action, values))
+        tx_id += 1
+        await store.acknowledge(m, {"transactionId": tx_id})
+    assert sent == [
+        ("StartTransaction", []),
+        ("MeterValues", ["1", "2", "3", "4"]),  # the later sample of s1 joins its batch, ahead of s2's rows
+        ("StartTransaction", []),
+        ("MeterValues", ["101", "102"]),
+        ("MeterValues", ["5"]),
+        ("StopTransaction", []),
+    ]
+    await store.close()
+
+
+async def test_a_frozen_message_never_changes(tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    store = await Store.open(db)
+    tx = Transaction("s1", "T", 0, T0)
+    await store.commit([TransactionStarted(1, tx)], CLOCK)
+    m = await store.next_to_send()
+    assert m is not None
+    await store.acknowledge(m, {"transactionId": 5})
+    await store.queue_meter_values(1, "s1", sample(1))
+    first = await store.next_to_send(batch_max=60)  # sent, then the daemon is killed before the answer
+    await store.queue_meter_values(1, "s1", sample(2))  # the session goes on after the restart
+    await store.close()
+    store = await Store.open(db)
+    again = await store.next_to_send(batch_max=60)
+    assert again == first, "a resend must be the same message, byte for byte"
+    await store.acknowledge(again, {})
+    rest = await store.next_to_send(batch_max=60)
+    assert rest is not None and [e["sampledValue"][0]["value"] for e in rest.payload["meterValue"]] == ["2"]
+    await store.close()
+
+
+async def test_dropped_meter_values_and_alarms_leave_a_trace(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    tx = Transaction("s1", "T", 0, T0)
+    await store.commit([TransactionStarted(1, tx)], CLOCK)
+    m = await store.next_to_send()
+    assert m is not None
+    await store.acknowledge(m, {"transactionId": 5})
+    await store.queue_meter_values(1, "s1", sample(1))
+    mv = await store.next_to_send()
+    assert mv is not None
+    await store.drop(mv, "refused 3 times", T0)
+    await store.alarm(1, "StopTransaction refused 3 times", T0)
+    assert await store.pending() == 0
+    async with store._db.execute("SELECT kind, data FROM events WHERE kind IN ('dropped', 'alarm') ORDER BY id") as cursor:
+        kinds = [row[0] for row in await cursor.fetchall()]
+    assert kinds == ["dropped", "alarm"]
+    await store.close()
+
+
+async def test_concurrent_writers_share_one_connection(tmp_path: Path) -> None:
+    """Pollers commit while the uplink freezes and acknowledges: no interleaved transactions, nothing lost."""
+    store = await Store.open(tmp_path / "gw.db")
+    tx = Transaction("s1", "T", 0, T0)
+    await store.commit([TransactionStarted(1, tx)], CLOCK)
+    m = await store.next_to_send()
+    assert m is not None
+    await store.acknowledge(m, {"transactionId": 1})
+
+    async def poller() -> None:
+        for v in range(200):
+            await store.queue_meter_values(1, "s1", sample(v))
+            await store.commit([StatusChanged(1, "Charging", "NoError", None, T0 + v)], CLOCK)
+
+    delivered: list[str] = []
+
+    async def uplink() -> None:
+        while len(delivered) < 200:
+            message = await store.next_to_send(batch_max=7)
+            if message is None:
+                await asyncio.sleep(0)
+                continue
+            delivered.extend(e["sampledValue"][0]["value"] for e in message.payload["meterValue"])
+            await store.acknowledge(message, {})
+
+    await asyncio.gather(poller(), uplink())
+    assert delivered == [str(v) for v in range(200)]
     await store.close()

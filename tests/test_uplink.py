@@ -139,3 +139,50 @@ async def test_refused_or_untrusted_backend_never_connects(tmp_path: Path, fault
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     await store.close()
+
+
+async def test_refused_meter_values_are_dropped_but_a_refused_stop_is_kept_identical(tmp_path: Path) -> None:
+    """OCPP 1.6 §3.7.1 against CALLERRORs: n x interval waits, MeterValues dropped at the limit, Stop kept (field failure 9)."""
+    store = await Store.open(tmp_path / "gw.db")
+    await offline_session(store)
+    ocpp = OcppSettings(transaction_message_attempts=2, transaction_message_retry_interval_s=1)
+    async with OcppRpcBackend() as backend:
+        await backend.configure(refuse={"MeterValues": 2, "StopTransaction": 3})
+        uplink = Uplink(INFO, BackendSettings(url=backend.url), ocpp, store, CLOCK, statuses)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await drained(store, 20)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert len(backend.calls("MeterValues")) == 2, "dropped after TransactionMessageAttempts refusals"
+        stops = backend.calls("StopTransaction")
+        assert len(stops) == 4, "three refusals, then accepted: never dropped"
+        assert len({s["messageId"] for s in stops}) == 1 and all(s["params"] == stops[0]["params"] for s in stops)
+        assert backend.violations == []
+    async with store._db.execute("SELECT kind FROM events WHERE kind IN ('dropped', 'alarm') ORDER BY id") as cursor:
+        assert [row[0] for row in await cursor.fetchall()] == ["dropped", "alarm"]
+    await store.close()
+
+
+async def test_queued_samples_drain_as_one_message(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    t0 = CLOCK.wall() - 3600
+    tx = Transaction("long-outage", "TAG", 0, t0)
+    await store.commit([TransactionStarted(1, tx)], CLOCK)
+    for i in range(1, 8):
+        entry = {"timestamp": CLOCK.utc_iso(t0 + 60 * i), "sampledValue": [{"value": str(100 * i), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}
+        await store.queue_meter_values(1, tx.key, [entry])
+    await store.commit([TransactionStopped(1, tx, 800, "EVDisconnected", t0 + 600)], CLOCK)
+    async with OcppRpcBackend() as backend:
+        uplink = Uplink(INFO, BackendSettings(url=backend.url), OcppSettings(meter_values_batch_max=5), store, CLOCK, statuses)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await drained(store, 20)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        batches = [[e["sampledValue"][0]["value"] for e in c["params"]["meterValue"]] for c in backend.calls("MeterValues")]
+        assert batches == [["100", "200", "300", "400", "500"], ["600", "700"]]
+        assert backend.violations == []
+    await store.close()

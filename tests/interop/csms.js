@@ -38,7 +38,8 @@
  *        unvalidated): for tests that send deliberately invalid calls.
  *   {"cmd":"close","id":..,"identity":..,"code"?:N,"force"?:bool}   drop a charge point
  *   {"cmd":"configure","id":..,"bootStatus"?:"Accepted|Pending|Rejected",
- *        "heartbeatInterval"?:N,"idTagStatus"?:"Accepted|Blocked|Expired|Invalid|ConcurrentTx"}
+ *        "heartbeatInterval"?:N,"idTagStatus"?:"Accepted|Blocked|Expired|Invalid|ConcurrentTx",
+ *        "refuse"?:{"METHOD":N}}   answer the next N calls of METHOD with a CALLERROR InternalError
  * EOF on stdin, SIGTERM or SIGINT: close every connection (1001) and exit 0.
  */
 
@@ -46,7 +47,7 @@ const fs = require('fs');
 const https = require('https');
 const readline = require('readline');
 const { randomUUID } = require('crypto');
-const { RPCServer, TimeoutError: RpcTimeoutError } = require('ocpp-rpc');
+const { RPCServer, TimeoutError: RpcTimeoutError, createRPCError } = require('ocpp-rpc');
 
 const HOST = '127.0.0.1';
 const PROTOCOL = 'ocpp1.6';
@@ -74,7 +75,19 @@ const settings = {
     heartbeatInterval: parseNonNegativeInt(
         process.argv[3] ?? process.env.CSMS_HEARTBEAT_INTERVAL ?? '300', 'HEARTBEAT_INTERVAL', 2 ** 31 - 1),
     idTagStatus: 'Accepted',
+    refuse: {},  // method -> how many more calls to answer with a CALLERROR
 };
+
+// A handler that first honours a pending "refuse" for its method.
+function refusable(method, handler) {
+    return (call) => {
+        if (settings.refuse[method] > 0) {
+            settings.refuse[method] -= 1;
+            throw createRPCError('InternalError', `${method} refused on purpose (configure.refuse)`);
+        }
+        return handler(call);
+    };
+}
 const password = process.env.CSMS_PASSWORD;
 
 // Global, not per connection: a charge point that reconnects must never be
@@ -226,10 +239,10 @@ server.on('client', (client) => {
     client.handle('Heartbeat', () => ({ currentTime: now() }));
     client.handle('StatusNotification', () => ({}));
     client.handle('Authorize', () => ({ idTagInfo: idTagInfo() }));
-    client.handle('StartTransaction', () => ({ transactionId: nextTransactionId++, idTagInfo: idTagInfo() }));
+    client.handle('StartTransaction', refusable('StartTransaction', () => ({ transactionId: nextTransactionId++, idTagInfo: idTagInfo() })));
     // OCPP 1.6 §6.50: idTagInfo only when the StopTransaction carried an idTag.
-    client.handle('StopTransaction', ({ params }) => (params.idTag !== undefined ? { idTagInfo: idTagInfo() } : {}));
-    client.handle('MeterValues', () => ({}));
+    client.handle('StopTransaction', refusable('StopTransaction', ({ params }) => (params.idTag !== undefined ? { idTagInfo: idTagInfo() } : {})));
+    client.handle('MeterValues', refusable('MeterValues', () => ({})));
     client.handle('DataTransfer', () => ({ status: 'Accepted' }));
     client.handle('DiagnosticsStatusNotification', () => ({}));
     client.handle('FirmwareStatusNotification', () => ({}));
@@ -241,6 +254,7 @@ async function runCommand(cmd) {
         for (const key of ['bootStatus', 'heartbeatInterval', 'idTagStatus']) {
             if (cmd[key] !== undefined) settings[key] = cmd[key];
         }
+        Object.assign(settings.refuse, cmd.refuse ?? {});
         emit({ type: 'ack', id });
         return;
     }
