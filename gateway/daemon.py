@@ -104,7 +104,7 @@ class Daemon:
 async def run_daemon(config: Config, clock: Clock | None = None) -> None:
     """Open the store, resume, and run until cancelled."""
     clock = clock or Clock()
-    store = await Store.open(config.storage.path)
+    store = await Store.open(config.storage.path, clock)
     try:
         daemon = Daemon(config, store, clock)
         await daemon.recover()

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import logging
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -39,6 +41,8 @@ from gateway import ocpp_messages
 from gateway.clock import Clock
 from gateway.errors import LocalProtocolError, StoreError
 from gateway.session import Effect, StatusChanged, Transaction, TransactionStarted, TransactionStopped
+
+log = logging.getLogger("gateway.store")
 
 SCHEMA_VERSION = 1
 
@@ -90,6 +94,28 @@ class QueuedMessage:
     attempts: int
 
 
+async def _open_checked(path: Path) -> aiosqlite.Connection:
+    """Connect, check the file is a sound database, set durability, create or migrate the schema."""
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        async with db.execute("PRAGMA quick_check") as cursor:
+            verdict = [row[0] for row in await cursor.fetchall()]
+        if verdict != ["ok"]:
+            raise sqlite3.DatabaseError(f"quick_check: {'; '.join(verdict[:3])}")
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.executescript(_SCHEMA)
+        async with db.execute("SELECT name FROM pragma_table_info('outbox')") as cursor:
+            if "frozen" not in {row[0] for row in await cursor.fetchall()}:  # a schema-1 file from before batching
+                await db.execute("ALTER TABLE outbox ADD COLUMN frozen INTEGER NOT NULL DEFAULT 0")
+        await db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
 def _message_id() -> str:
     # 12 hex digits: unique enough within one connection, and short on a GPRS link.
     return uuid.uuid4().hex[:12]
@@ -104,21 +130,31 @@ class Store:
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path, clock: Clock | None = None) -> Store:
+        """Open (or create) the store. A corrupt file is moved aside and replaced by a fresh one.
+
+        A gateway that refuses to start over a corrupt file stops charging sessions
+        from being recorded at all; a fresh file loses what was in the old one, which
+        stays on disk for a technician (and a later recovery) and is reported loudly.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.executescript(_SCHEMA)
-            async with db.execute("SELECT name FROM pragma_table_info('outbox')") as cursor:
-                if "frozen" not in {row[0] for row in await cursor.fetchall()}:  # a schema-1 file from before batching
-                    await db.execute("ALTER TABLE outbox ADD COLUMN frozen INTEGER NOT NULL DEFAULT 0")
-            await db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            return cls(await _open_checked(path), path)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+                raise StoreError(f"{path}: {exc}") from exc
+            aside = next(p for n in itertools.count(1) if not (p := path.with_name(f"{path.name}.corrupt-{n}")).exists())
+            for suffix in ("", "-wal", "-shm"):
+                part = Path(f"{path}{suffix}")
+                if part.exists():
+                    part.rename(Path(f"{aside}{suffix}"))
+            log.critical("database %s is corrupt (%s): moved aside to %s, starting a fresh one", path, exc, aside)
+        try:
+            store = cls(await _open_checked(path), path)
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: {exc}") from exc
-        return cls(db, path)
+        await store.alarm(0, f"database was corrupt and was replaced; the old file is {aside.name}", (clock or Clock()).wall())
+        return store
 
     async def close(self) -> None:
         await self._db.close()

@@ -27,7 +27,7 @@ import gateway
 from gateway import ocpp_messages, retry
 from gateway.backoff import Backoff
 from gateway.clock import Clock
-from gateway.errors import BackendRefused, UplinkError
+from gateway.errors import BackendRefused, StoreError, UplinkError
 from gateway.session import StatusChanged
 from gateway.settings import BackendSettings, ChargePointInfo, OcppSettings
 from gateway.store import QueuedMessage, Store
@@ -161,7 +161,9 @@ class Uplink:
                 tg.create_task(self._heartbeats(link))
                 tg.create_task(self._send_statuses(link))
                 tg.create_task(self._drain(link))
-        except* (websockets.exceptions.ConnectionClosed, UplinkError, TimeoutError, OCPPError) as group:
+        # StoreError too: a full disk must not kill the daemon. The answer that could not be recorded is
+        # lost, so the message is resent after the reconnect, identical (same id): a duplicate the backend can spot.
+        except* (websockets.exceptions.ConnectionClosed, UplinkError, TimeoutError, OCPPError, StoreError) as group:
             first = group.exceptions[0]
             raise UplinkError(f"{type(first).__name__}: {first}") from None
 

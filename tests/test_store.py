@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.clock import Clock
-from gateway.errors import LocalProtocolError
+from gateway.errors import LocalProtocolError, StoreError
 from gateway.session import StatusChanged, Transaction, TransactionStarted, TransactionStopped
 from gateway.store import Store
 
@@ -186,4 +186,47 @@ async def test_concurrent_writers_share_one_connection(tmp_path: Path) -> None:
 
     await asyncio.gather(poller(), uplink())
     assert delivered == [str(v) for v in range(200)]
+    await store.close()
+
+
+async def test_a_corrupt_database_is_moved_aside_and_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "gw.db"
+    store = await Store.open(db)
+    await store.commit([TransactionStarted(1, Transaction("s1", "T", 0, T0))], CLOCK)
+    await store.close()
+    raw = bytearray(db.read_bytes())
+    raw[100:4096] = b"\xff" * (4096 - 100)  # scribble over the schema page, as a torn flash write could
+    db.write_bytes(bytes(raw))
+
+    store = await Store.open(db)
+    assert await store.pending() == 0, "a fresh, empty store"
+    assert (tmp_path / "gw.db.corrupt-1").exists()
+    assert any("corrupt" in r.message and r.levelname == "CRITICAL" for r in caplog.records)
+    async with store._db.execute("SELECT data FROM events WHERE kind = 'alarm'") as cursor:
+        assert "gw.db.corrupt-1" in (await cursor.fetchone())[0]
+    await store.close()
+
+
+async def test_not_a_database_at_all(tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    db.write_text("this is not SQLite\n" * 100)
+    store = await Store.open(db)
+    assert (tmp_path / "gw.db.corrupt-1").read_text().startswith("this is not SQLite")
+    await store.close()
+
+
+async def test_a_full_disk_is_a_store_error_and_nothing_half_written(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    async with store._db.execute("PRAGMA page_count") as cursor:
+        pages = (await cursor.fetchone())[0]
+    await store._db.execute(f"PRAGMA max_page_count = {pages + 1}")  # SQLITE_FULL, as on a full flash
+    big = [{"timestamp": CLOCK.utc_iso(T0), "sampledValue": [{"value": "x" * 2000}]}]
+    await store.commit([TransactionStarted(1, Transaction("s1", "T", 0, T0))], CLOCK)
+    with pytest.raises(StoreError, match="full"):
+        for _ in range(100):
+            await store.queue_meter_values(1, "s1", big)
+    before = await store.pending()
+    await store._db.execute("PRAGMA max_page_count = 1073741823")
+    await store.queue_meter_values(1, "s1", big)  # space again: the store works on
+    assert await store.pending() == before + 1
     await store.close()
