@@ -50,7 +50,9 @@ def sampled_values(reading: Reading, measurands: Sequence[str], context: str = "
     def add(measurand: str, number: float | None, unit: str, phase: str | None = None) -> None:
         if number is None:
             return
-        item = {"value": _value(number), "context": context, "measurand": measurand, "unit": unit}
+        item = {"value": _value(number), "measurand": measurand, "unit": unit}
+        if context != "Sample.Periodic":  # the default (OCPP 1.6 §7.37): 25 bytes a value saved on GPRS
+            item["context"] = context
         if phase:
             item["phase"] = phase
         out.append(item)
