@@ -171,7 +171,9 @@ _CONFIG = Field(
                 required=True,
                 min=1,
             ),
-            "storage": Field(dataclass_map(StorageSettings, {"path": Field(str, min=1)}), required=True),
+            "storage": Field(
+                dataclass_map(StorageSettings, {"path": Field(str, min=1), "outbox_budget_mb": Field(float, above=0)}), required=True
+            ),
             "authorization": Field(
                 dataclass_map(AuthorizationSettings, {"free_charging_id_tag": Field(str, min=1, max=20)})
             ),
@@ -537,7 +539,7 @@ def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], sourc
         ),
         buses=tuple(bus(b) for b in data["buses"]),
         connectors=tuple(ConnectorSettings(**c) for c in data["connectors"]),
-        storage=StorageSettings(path=_resolve(base, data["storage"]["path"])),
+        storage=StorageSettings(path=_resolve(base, data["storage"]["path"]), outbox_budget_mb=data["storage"]["outbox_budget_mb"]),
         authorization=AuthorizationSettings(**data["authorization"]),
         ocpp=OcppSettings(**(ocpp | {"meter_values_sampled_data": tuple(ocpp["meter_values_sampled_data"])})),
         simulator=SimulatorSettings(

@@ -86,7 +86,7 @@ class Daemon:
 
     async def queue_meter_values(self, connector_id: int, session_key: str, entries: Sequence[dict]) -> None:
         try:
-            await self.store.queue_meter_values(connector_id, session_key, entries)
+            await self.store.queue_meter_values(connector_id, session_key, entries, self.clock.wall())
         except StoreError as exc:
             log.error("connector %d: meter values not stored: %s", connector_id, exc)
             return
@@ -104,7 +104,7 @@ class Daemon:
 async def run_daemon(config: Config, clock: Clock | None = None) -> None:
     """Open the store, resume, and run until cancelled."""
     clock = clock or Clock()
-    store = await Store.open(config.storage.path, clock)
+    store = await Store.open(config.storage.path, clock, config.storage.outbox_budget_mb)
     try:
         daemon = Daemon(config, store, clock)
         await daemon.recover()

@@ -77,6 +77,7 @@ class OcppSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     path: Path
+    outbox_budget_mb: float = 128.0  # past this, old meter samples are thinned (never Start/Stop)
 
 
 @dataclass(frozen=True)

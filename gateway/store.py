@@ -94,6 +94,16 @@ class QueuedMessage:
     attempts: int
 
 
+def _thinned(rows: Sequence[tuple[int, str]], k: int) -> list[int]:
+    """Rows (seq, session) sorted by session then seq -> the seqs to delete: all but each session's
+    first, last and every k-th sample. Pure, so the rule is tested on its own."""
+    doomed: list[int] = []
+    for _, group in itertools.groupby(rows, key=lambda r: r[1]):
+        seqs = [seq for seq, _ in group]
+        doomed += [seq for i, seq in enumerate(seqs[:-1]) if i % k != 0]
+    return doomed
+
+
 async def _open_checked(path: Path) -> aiosqlite.Connection:
     """Connect, check the file is a sound database, set durability, create or migrate the schema."""
     db = await aiosqlite.connect(path, isolation_level=None)
@@ -124,13 +134,15 @@ def _message_id() -> str:
 class Store:
     """Thin async layer over one SQLite file; every public method is one atomic commit."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, budget_bytes: int) -> None:
         self._db = db
         self.path = path
         self._lock = asyncio.Lock()
+        self.budget_bytes = budget_bytes
+        self._bytes_estimate = budget_bytes  # unknown until measured: the first sample queued measures it
 
     @classmethod
-    async def open(cls, path: Path, clock: Clock | None = None) -> Store:
+    async def open(cls, path: Path, clock: Clock | None = None, budget_mb: float = 128.0) -> Store:
         """Open (or create) the store. A corrupt file is moved aside and replaced by a fresh one.
 
         A gateway that refuses to start over a corrupt file stops charging sessions
@@ -139,7 +151,7 @@ class Store:
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return cls(await _open_checked(path), path)
+            return cls(await _open_checked(path), path, int(budget_mb * 1e6))
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
                 raise StoreError(f"{path}: {exc}") from exc
@@ -150,7 +162,7 @@ class Store:
                     part.rename(Path(f"{aside}{suffix}"))
             log.critical("database %s is corrupt (%s): moved aside to %s, starting a fresh one", path, exc, aside)
         try:
-            store = cls(await _open_checked(path), path)
+            store = cls(await _open_checked(path), path, int(budget_mb * 1e6))
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: {exc}") from exc
         await store.alarm(0, f"database was corrupt and was replaced; the old file is {aside.name}", (clock or Clock()).wall())
@@ -206,9 +218,50 @@ class Store:
         if rows:
             await self._write(rows)
 
-    async def queue_meter_values(self, connector_id: int, session_key: str, entries: Sequence[dict]) -> None:
+    async def queue_meter_values(self, connector_id: int, session_key: str, entries: Sequence[dict], wall: float = 0.0) -> None:
         payload = ocpp_messages.meter_values(connector_id, entries)
-        await self._write([self._queue_row("MeterValues", session_key, payload)])
+        row = self._queue_row("MeterValues", session_key, payload)
+        await self._write([row])
+        # A running estimate, so that the common case costs no scan of the outbox;
+        # the exact sum is taken only when the estimate says the budget may be passed.
+        self._bytes_estimate += len(row[1][2])
+        if self._bytes_estimate > self.budget_bytes:
+            self._bytes_estimate = await self.outbox_bytes()
+            if self._bytes_estimate > self.budget_bytes:
+                await self._thin(wall)
+                self._bytes_estimate = await self.outbox_bytes()
+
+    async def outbox_bytes(self) -> int:
+        async with self._db.execute("SELECT coalesce(sum(length(payload)), 0) FROM outbox") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _thin(self, wall: float) -> None:
+        """Over budget: thin queued samples, every session alike, until the outbox fits again.
+
+        Each session keeps its first and last queued sample and every k-th between
+        them (k = 2, then 4, ...), so its energy curve keeps its ends and its shape.
+        Start/StopTransaction and frozen (possibly in-flight) messages are never touched.
+        """
+        before = await self.outbox_bytes()
+        k = 2
+        while await self.outbox_bytes() > self.budget_bytes:
+            async with self._transaction() as db:
+                async with db.execute(
+                    "SELECT seq, session_key FROM outbox WHERE action = 'MeterValues' AND frozen = 0 ORDER BY session_key, seq"
+                ) as cursor:
+                    rows = [(int(seq), str(key)) for seq, key in await cursor.fetchall()]
+                doomed = _thinned(rows, k)
+                for i in range(0, len(doomed), 500):
+                    chunk = doomed[i : i + 500]
+                    await db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})", tuple(chunk))
+            if not doomed:
+                break  # nothing left to thin: Start/Stop and ends of sessions only
+            k *= 2
+        after = await self.outbox_bytes()
+        text = f"outbox over its {self.budget_bytes / 1e6:.0f} MB budget: meter samples thinned, {before / 1e6:.1f} -> {after / 1e6:.1f} MB"
+        log.error(text)
+        await self.alarm(0, text, wall)
 
     @staticmethod
     def _queue_row(action: str, session_key: str | None, payload: dict) -> tuple[str, tuple]:

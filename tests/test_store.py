@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -229,4 +230,36 @@ async def test_a_full_disk_is_a_store_error_and_nothing_half_written(tmp_path: P
     await store._db.execute("PRAGMA max_page_count = 1073741823")
     await store.queue_meter_values(1, "s1", big)  # space again: the store works on
     assert await store.pending() == before + 1
+    await store.close()
+
+
+def test_thinning_keeps_ends_and_every_kth() -> None:
+    from gateway.store import _thinned
+
+    rows = [(s, "a") for s in range(1, 11)] + [(s, "b") for s in (20, 21, 22)]
+    assert _thinned(rows, 2) == [2, 4, 6, 8, 21]  # a keeps 1,3,5,7,9 and its last, 10; b keeps 20, 22
+    assert _thinned([(5, "a")], 2) == [] and _thinned([(5, "a"), (6, "a")], 4) == []
+
+
+async def test_over_budget_samples_are_thinned_never_start_or_stop(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db", budget_mb=0.02)  # 20 kB
+    sessions = [Transaction(f"s{i}", "T", 0, T0) for i in (1, 2)]
+    for i, tx in enumerate(sessions, start=1):
+        await store.commit([TransactionStarted(i, tx)], CLOCK)
+    for v in range(100):
+        for i, tx in enumerate(sessions, start=1):
+            entry = [{"timestamp": CLOCK.utc_iso(T0 + v), "sampledValue": [{"value": f"{v:05d}", "measurand": "Energy.Active.Import.Register"}] * 3}]
+            await store.queue_meter_values(i, tx.key, entry, T0 + v)
+    for i, tx in enumerate(sessions, start=1):
+        await store.commit([TransactionStopped(i, tx, 99, "EVDisconnected", T0 + 100)], CLOCK)
+    assert await store.outbox_bytes() <= 20_000 + 2_000  # the Stops came after the last thinning
+    async with store._db.execute("SELECT action, session_key, payload FROM outbox ORDER BY seq") as cursor:
+        rows = list(await cursor.fetchall())
+    assert [a for a, _, _ in rows].count("StartTransaction") == 2 and [a for a, _, _ in rows].count("StopTransaction") == 2
+    for key in ("s1", "s2"):
+        values = [int(json.loads(p)["meterValue"][0]["sampledValue"][0]["value"]) for a, k, p in rows if a == "MeterValues" and k == key]
+        assert values[0] == 0 and values[-1] == 99, "first and last sample of a session are kept"
+        assert values == sorted(values) and 10 < len(values) < 100
+    async with store._db.execute("SELECT count(*) FROM events WHERE kind = 'alarm'") as cursor:
+        assert (await cursor.fetchone())[0] >= 1
     await store.close()
