@@ -75,8 +75,8 @@ class Ack:
 class TimedStore(Store):
     """The real store, noting each acknowledgement with its time and the bytes through the proxy so far."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        super().__init__(db, path)
+    def __init__(self, db: aiosqlite.Connection, path: Path, budget_bytes: int) -> None:
+        super().__init__(db, path, budget_bytes)
         self.acks: list[Ack] = []
         self.proxy: FaultProxy | None = None
 
