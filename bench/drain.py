@@ -116,7 +116,7 @@ async def fill(path: Path, connectors: int, hours: float, interval_s: int, measu
             r = reading(c, k, energy[c], interval_s)
             assert r.energy_wh is not None
             energy[c] = r.energy_wh
-            await store.queue_meter_values(c, tx.key, [ocpp_messages.meter_value(r, measurands, t0 + k * interval_s, CLOCK)])
+            await store.queue_meter_values(c, tx.key, [ocpp_messages.meter_value(r, measurands, t0 + k * interval_s, CLOCK)], CLOCK)
     for c, tx in txs.items():
         await store.commit([TransactionStopped(c, tx, int(energy[c]), "EVDisconnected", t0 + samples * interval_s)], CLOCK)
     queued = await store.pending()

@@ -86,7 +86,7 @@ class Daemon:
 
     async def queue_meter_values(self, connector_id: int, session_key: str, entries: Sequence[dict]) -> None:
         try:
-            await self.store.queue_meter_values(connector_id, session_key, entries, self.clock.wall())
+            await self.store.queue_meter_values(connector_id, session_key, entries, self.clock)
         except StoreError as exc:
             log.error("connector %d: meter values not stored: %s", connector_id, exc)
             return

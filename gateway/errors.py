@@ -102,3 +102,7 @@ class IllegalTransition(LocalProtocolError):
 
 class StoreError(GatewayError):
     """SQLite could not persist an event (disk full, I/O error, corrupt file)."""
+
+
+class ClockUnset(GatewayError):
+    """A queued message carries times from before the clock was set, and the clock is still unset: wait."""

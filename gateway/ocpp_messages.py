@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.clock import Clock
+from gateway.clock import EARLIEST_VALID, Clock
 from gateway.reading import Reading
 from gateway.session import TransactionStarted, TransactionStopped
 
@@ -81,7 +81,9 @@ def meter_values(connector_id: int, entries: Sequence[dict]) -> dict:
 
 
 def status_notification(connector_id: int, status: str, error_code: str, info: str | None, wall: float, clock: Clock) -> dict:
-    payload: dict = {"connectorId": connector_id, "errorCode": error_code, "status": status, "timestamp": clock.utc_iso(wall)}
+    payload: dict = {"connectorId": connector_id, "errorCode": error_code, "status": status}
+    if wall >= EARLIEST_VALID:  # optional; never a time from before the clock was set
+        payload["timestamp"] = clock.utc_iso(wall)
     if info:
         payload["info"] = info[:50]  # CiString50Type
     return payload

@@ -31,15 +31,15 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
 
 from gateway import ocpp_messages
-from gateway.clock import Clock
-from gateway.errors import LocalProtocolError, StoreError
+from gateway.clock import EARLIEST_VALID, Clock, fix_unset_stamp, iso, parse_iso
+from gateway.errors import ClockUnset, LocalProtocolError, StoreError
 from gateway.session import Effect, StatusChanged, Transaction, TransactionStarted, TransactionStopped
 
 log = logging.getLogger("gateway.store")
@@ -74,9 +74,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload TEXT NOT NULL,
     message_id TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    frozen INTEGER NOT NULL DEFAULT 0
+    frozen INTEGER NOT NULL DEFAULT 0,
+    boot TEXT,  -- set, with unset_offset, when the payload holds stamps taken while the clock was unset
+    unset_offset REAL
 );
 """
+
+_ADDED_COLUMNS = {"frozen": "INTEGER NOT NULL DEFAULT 0", "boot": "TEXT", "unset_offset": "REAL"}
 
 # Actions whose payload needs the transactionId of their session at send time.
 _NEEDS_TX_ID = frozenset({"StopTransaction", "MeterValues"})
@@ -92,6 +96,22 @@ class QueuedMessage:
     message_id: str
     session_key: str | None
     attempts: int
+
+
+def _stamps(payload: dict) -> list[float]:
+    """The times in a transaction message: its own timestamp and those of its meterValue entries."""
+    texts = [payload["timestamp"]] if "timestamp" in payload else []
+    texts += [entry["timestamp"] for entry in payload.get("meterValue", ())]
+    return [parse_iso(t) for t in texts]
+
+
+def _map_stamps(payload: dict, fn: Callable[[str], str]) -> dict:
+    out = dict(payload)
+    if "timestamp" in out:
+        out["timestamp"] = fn(out["timestamp"])
+    if "meterValue" in out:
+        out["meterValue"] = [{**entry, "timestamp": fn(entry["timestamp"])} for entry in out["meterValue"]]
+    return out
 
 
 def _thinned(rows: Sequence[tuple[int, str]], k: int) -> list[int]:
@@ -117,8 +137,10 @@ async def _open_checked(path: Path) -> aiosqlite.Connection:
         await db.execute("PRAGMA foreign_keys=ON")
         await db.executescript(_SCHEMA)
         async with db.execute("SELECT name FROM pragma_table_info('outbox')") as cursor:
-            if "frozen" not in {row[0] for row in await cursor.fetchall()}:  # a schema-1 file from before batching
-                await db.execute("ALTER TABLE outbox ADD COLUMN frozen INTEGER NOT NULL DEFAULT 0")
+            columns = {row[0] for row in await cursor.fetchall()}
+        for column, decl in _ADDED_COLUMNS.items():  # files made before these columns existed
+            if column not in columns:
+                await db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {decl}")
         await db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     except BaseException:
         await db.close()
@@ -203,7 +225,7 @@ class Store:
                     "INSERT INTO sessions (key, connector_id, id_tag, meter_start, started) VALUES (?, ?, ?, ?, ?)",
                     (tx.key, effect.connector_id, tx.id_tag, tx.meter_start_wh, tx.started_wall),
                 ))
-                rows.append(self._queue_row("StartTransaction", tx.key, ocpp_messages.start_transaction(effect, clock)))
+                rows += self._queue_rows("StartTransaction", tx.key, ocpp_messages.start_transaction(effect, clock), clock)
                 rows.append(self._event_row(tx.started_wall, effect.connector_id, "start", {"session": tx.key, "idTag": tx.id_tag, "meterStart": tx.meter_start_wh}))
             elif isinstance(effect, TransactionStopped):
                 key = effect.transaction.key
@@ -211,24 +233,24 @@ class Store:
                     "UPDATE sessions SET meter_stop = ?, stopped = ?, stop_reason = ? WHERE key = ?",
                     (effect.meter_stop_wh, effect.wall, effect.reason, key),
                 ))
-                rows.append(self._queue_row("StopTransaction", key, ocpp_messages.stop_transaction(effect, clock)))
+                rows += self._queue_rows("StopTransaction", key, ocpp_messages.stop_transaction(effect, clock), clock)
                 rows.append(self._event_row(effect.wall, effect.connector_id, "stop", {"session": key, "meterStop": effect.meter_stop_wh, "reason": effect.reason}))
             elif isinstance(effect, StatusChanged):
                 rows.append(self._event_row(effect.wall, effect.connector_id, "status", {"status": effect.status, "errorCode": effect.error_code, "info": effect.info}))
         if rows:
             await self._write(rows)
 
-    async def queue_meter_values(self, connector_id: int, session_key: str, entries: Sequence[dict], wall: float = 0.0) -> None:
+    async def queue_meter_values(self, connector_id: int, session_key: str, entries: Sequence[dict], clock: Clock) -> None:
         payload = ocpp_messages.meter_values(connector_id, entries)
-        row = self._queue_row("MeterValues", session_key, payload)
-        await self._write([row])
+        rows = self._queue_rows("MeterValues", session_key, payload, clock)
+        await self._write(rows)
         # A running estimate, so that the common case costs no scan of the outbox;
         # the exact sum is taken only when the estimate says the budget may be passed.
-        self._bytes_estimate += len(row[1][2])
+        self._bytes_estimate += len(rows[0][1][2])
         if self._bytes_estimate > self.budget_bytes:
             self._bytes_estimate = await self.outbox_bytes()
             if self._bytes_estimate > self.budget_bytes:
-                await self._thin(wall)
+                await self._thin(clock.wall())
                 self._bytes_estimate = await self.outbox_bytes()
 
     async def outbox_bytes(self) -> int:
@@ -264,22 +286,38 @@ class Store:
         await self.alarm(0, text, wall)
 
     @staticmethod
-    def _queue_row(action: str, session_key: str | None, payload: dict) -> tuple[str, tuple]:
-        return (
-            "INSERT INTO outbox (action, session_key, payload, message_id) VALUES (?, ?, ?, ?)",
-            (action, session_key, json.dumps(payload, separators=(",", ":")), _message_id()),
-        )
+    def _queue_rows(action: str, session_key: str | None, payload: dict, clock: Clock) -> list[tuple[str, tuple]]:
+        """The insert of one outbox row; a row holding stamps from an unset clock also records
+        its boot and the clock's unset offset, and the boot's latest such stamp (for fix_unset_stamp)."""
+        text = json.dumps(payload, separators=(",", ":"))
+        unset = [t for t in _stamps(payload) if t < EARLIEST_VALID]
+        if not unset or clock.unset_offset is None:
+            return [("INSERT INTO outbox (action, session_key, payload, message_id) VALUES (?, ?, ?, ?)", (action, session_key, text, _message_id()))]
+        boot = clock.boot_id()
+        return [
+            (
+                "INSERT INTO outbox (action, session_key, payload, message_id, boot, unset_offset) VALUES (?, ?, ?, ?, ?, ?)",
+                (action, session_key, text, _message_id(), boot, clock.unset_offset),
+            ),
+            (
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS REAL), CAST(excluded.value AS REAL))",
+                (f"last_unset_stamp:{boot}", str(max(unset))),
+            ),
+        ]
 
     @staticmethod
     def _event_row(wall: float, connector_id: int, kind: str, data: dict) -> tuple[str, tuple]:
         return ("INSERT INTO events (wall, connector_id, kind, data) VALUES (?, ?, ?, ?)", (wall, connector_id, kind, json.dumps(data)))
 
-    async def next_to_send(self, batch_max: int = 1) -> QueuedMessage | None:
+    async def next_to_send(self, batch_max: int = 1, clock: Clock | None = None) -> QueuedMessage | None:
         """The oldest queued message, frozen for sending, transactionId resolved; None when the outbox is empty.
 
         A MeterValues row not yet frozen first takes in up to batch_max - 1 later
-        samples of its transaction; merge and freeze are one commit.
+        samples of its transaction, and stamps taken while the clock was unset are
+        turned into real time; merge, fix and freeze are one commit. Raises
+        ClockUnset while such stamps cannot be fixed yet: nothing from 1970 is sent.
         """
+        clock = clock or Clock()
         async with self._db.execute(
             "SELECT o.seq, o.action, o.payload, o.message_id, o.session_key, o.attempts, o.frozen, s.transaction_id "
             "FROM outbox o LEFT JOIN sessions s ON s.key = o.session_key ORDER BY o.seq LIMIT 1"
@@ -290,7 +328,7 @@ class Store:
         seq, action, payload_text, message_id, session_key, attempts, frozen, transaction_id = row
         payload = json.loads(payload_text)
         if not frozen:
-            payload = await self._freeze(seq, action, session_key, payload, batch_max)
+            payload = await self._freeze(seq, action, session_key, batch_max, clock)
         if action in _NEEDS_TX_ID:
             if transaction_id is None:
                 # Strict FIFO means the session's StartTransaction was answered before this row came up.
@@ -298,20 +336,47 @@ class Store:
             payload["transactionId"] = transaction_id
         return QueuedMessage(seq, action, payload, message_id, session_key, attempts)
 
-    async def _freeze(self, seq: int, action: str, session_key: str | None, payload: dict, batch_max: int) -> dict:
+    async def _freeze(self, seq: int, action: str, session_key: str | None, batch_max: int, clock: Clock) -> dict:
         async with self._transaction() as db:
+            columns = "seq, payload, boot, unset_offset"
+            async with db.execute(f"SELECT {columns} FROM outbox WHERE seq = ?", (seq,)) as cursor:
+                rows = list(await cursor.fetchall())
             if action == "MeterValues" and batch_max > 1:
                 async with db.execute(
-                    "SELECT seq, payload FROM outbox WHERE action = 'MeterValues' AND session_key = ? AND seq > ? AND frozen = 0 "
+                    f"SELECT {columns} FROM outbox WHERE action = 'MeterValues' AND session_key = ? AND seq > ? AND frozen = 0 "
                     "ORDER BY seq LIMIT ?",
                     (session_key, seq, batch_max - 1),
                 ) as cursor:
-                    later = list(await cursor.fetchall())
-                if later:
-                    payload["meterValue"] = payload["meterValue"] + [e for _, text in later for e in json.loads(text)["meterValue"]]
-                    await db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(later))})", tuple(s for s, _ in later))
+                    rows += list(await cursor.fetchall())
+            parts = [await self._with_real_times(json.loads(text), boot, offset, clock) for _, text, boot, offset in rows]
+            payload = parts[0]
+            if len(parts) > 1:
+                payload["meterValue"] = [e for part in parts for e in part["meterValue"]]
+                later = [row[0] for row in rows[1:]]
+                await db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(later))})", tuple(later))
             await db.execute("UPDATE outbox SET frozen = 1, payload = ? WHERE seq = ?", (json.dumps(payload, separators=(",", ":")), seq))
         return payload
+
+    async def _with_real_times(self, payload: dict, boot: str | None, unset_offset: float | None, clock: Clock) -> dict:
+        """The payload with every stamp from an unset clock replaced by real time (see gateway.clock)."""
+        if boot is None or unset_offset is None:
+            return payload
+        if not clock.wall_is_valid():
+            raise ClockUnset("queued messages carry times from before the clock was set; waiting for NTP or the backend's time")
+        async with self._db.execute("SELECT value FROM meta WHERE key = ?", (f"last_unset_stamp:{boot}",)) as cursor:
+            row = await cursor.fetchone()
+        now_wall, now_mono, now_boot = clock.wall(), clock.monotonic(), clock.boot_id()
+
+        def fix(text: str) -> str:
+            stamp = parse_iso(text)
+            if stamp >= EARLIEST_VALID:
+                return text
+            return iso(fix_unset_stamp(
+                stamp, stamp_boot=boot, unset_offset=unset_offset, boot_last_stamp=float(row[0]) if row else stamp,
+                now_wall=now_wall, now_mono=now_mono, now_boot=now_boot,
+            ))
+
+        return _map_stamps(payload, fix)
 
     async def drop(self, message: QueuedMessage, why: str, wall: float) -> None:
         """Give up on a message (MeterValues past TransactionMessageAttempts), leaving a trace in the event log."""

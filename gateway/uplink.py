@@ -28,7 +28,7 @@ import gateway
 from gateway import ocpp_messages, retry
 from gateway.backoff import Backoff
 from gateway.clock import Clock
-from gateway.errors import BackendRefused, StoreError, UplinkError
+from gateway.errors import BackendRefused, ClockUnset, StoreError, UplinkError
 from gateway.session import StatusChanged
 from gateway.settings import BackendSettings, ChargePointInfo, OcppSettings
 from gateway.store import QueuedMessage, Store
@@ -36,6 +36,7 @@ from gateway.store import QueuedMessage, Store
 log = logging.getLogger("gateway.uplink")
 
 OCPP_SUBPROTOCOL = "ocpp1.6"
+CLOCK_WAIT_S = 10.0  # how often the outbox looks again while the clock is unset
 
 
 def backend_url(backend: BackendSettings, identity: str) -> str:
@@ -206,6 +207,7 @@ class Uplink:
             payload["chargePointSerialNumber"] = self.info.serial_number
         while True:
             result = await self._call(link, "BootNotification", payload)
+            self.clock.adopt_backend_time(result["currentTime"])
             if result["status"] == "Accepted":
                 if result.get("interval", 0) > 0:
                     self.heartbeat_interval_s = int(result["interval"])
@@ -218,7 +220,8 @@ class Uplink:
     async def _heartbeats(self, link: _Link) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
-            await self._call(link, "Heartbeat", {})
+            result = await self._call(link, "Heartbeat", {})
+            self.clock.adopt_backend_time(result["currentTime"])
 
     async def _send_statuses(self, link: _Link) -> None:
         """Connector 0 and every connector right after boot, then each change as it happens."""
@@ -236,7 +239,14 @@ class Uplink:
         """Send the outbox head, wait for its answer, drop it; strictly one in flight, in order."""
         while True:
             self._outbox_changed.clear()
-            message = await self.store.next_to_send(self.ocpp.meter_values_batch_max)
+            try:
+                message = await self.store.next_to_send(self.ocpp.meter_values_batch_max, self.clock)
+            except ClockUnset as exc:
+                # Never a 1970 timestamp to the backend: the queue waits (statuses and heartbeats go on)
+                # until NTP sets the clock or a Heartbeat brings the backend's time.
+                log.warning("%s", exc)
+                await asyncio.sleep(CLOCK_WAIT_S)
+                continue
             if message is None:
                 await self._outbox_changed.wait()
                 continue

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from gateway.clock import Clock
-from gateway.errors import LocalProtocolError, StoreError
+from gateway.errors import ClockUnset, LocalProtocolError, StoreError
 from gateway.session import StatusChanged, Transaction, TransactionStarted, TransactionStopped
 from gateway.store import Store
+from tests.clocks import HandClock
 
 CLOCK = Clock()
 T0 = 1_790_000_000.0  # 2026-09
+NTP_LIKE = 1_790_000_000.0  # what NTP sets the clock to in the clock tests
 
 
 async def test_session_messages_in_order_with_transaction_id_resolved(tmp_path: Path) -> None:
@@ -22,7 +24,7 @@ async def test_session_messages_in_order_with_transaction_id_resolved(tmp_path: 
     store = await Store.open(db)
     tx = Transaction("s1", "TAG", 1000, T0)
     await store.commit([TransactionStarted(2, tx), StatusChanged(2, "SuspendedEVSE", "NoError", None, T0)], CLOCK)
-    await store.queue_meter_values(2, "s1", [{"timestamp": CLOCK.utc_iso(T0 + 60), "sampledValue": [{"value": "1200"}]}])
+    await store.queue_meter_values(2, "s1", [{"timestamp": CLOCK.utc_iso(T0 + 60), "sampledValue": [{"value": "1200"}]}], CLOCK)
     await store.commit([TransactionStopped(2, tx, 1500, "EVDisconnected", T0 + 120)], CLOCK)
     assert await store.pending() == 3
     assert (await store.open_sessions()) == {}
@@ -94,12 +96,12 @@ async def test_meter_values_of_one_transaction_are_batched_in_order(tmp_path: Pa
     s1, s2 = Transaction("s1", "T", 0, T0), Transaction("s2", "T", 0, T0)
     await store.commit([TransactionStarted(1, s1)], CLOCK)
     for v in (1, 2, 3):
-        await store.queue_meter_values(1, "s1", sample(v))
+        await store.queue_meter_values(1, "s1", sample(v), CLOCK)
     await store.commit([TransactionStarted(2, s2)], CLOCK)
     for v in (101, 102):
-        await store.queue_meter_values(2, "s2", sample(v))
+        await store.queue_meter_values(2, "s2", sample(v), CLOCK)
     for v in (4, 5):
-        await store.queue_meter_values(1, "s1", sample(v))
+        await store.queue_meter_values(1, "s1", sample(v), CLOCK)
     await store.commit([TransactionStopped(1, s1, 5, "EVDisconnected", T0 + 9)], CLOCK)
 
     sent: list[tuple[str, list[str]]] = []
@@ -128,9 +130,9 @@ async def test_a_frozen_message_never_changes(tmp_path: Path) -> None:
     m = await store.next_to_send()
     assert m is not None
     await store.acknowledge(m, {"transactionId": 5})
-    await store.queue_meter_values(1, "s1", sample(1))
+    await store.queue_meter_values(1, "s1", sample(1), CLOCK)
     first = await store.next_to_send(batch_max=60)  # sent, then the daemon is killed before the answer
-    await store.queue_meter_values(1, "s1", sample(2))  # the session goes on after the restart
+    await store.queue_meter_values(1, "s1", sample(2), CLOCK)  # the session goes on after the restart
     await store.close()
     store = await Store.open(db)
     again = await store.next_to_send(batch_max=60)
@@ -148,7 +150,7 @@ async def test_dropped_meter_values_and_alarms_leave_a_trace(tmp_path: Path) -> 
     m = await store.next_to_send()
     assert m is not None
     await store.acknowledge(m, {"transactionId": 5})
-    await store.queue_meter_values(1, "s1", sample(1))
+    await store.queue_meter_values(1, "s1", sample(1), CLOCK)
     mv = await store.next_to_send()
     assert mv is not None
     await store.drop(mv, "refused 3 times", T0)
@@ -171,7 +173,7 @@ async def test_concurrent_writers_share_one_connection(tmp_path: Path) -> None:
 
     async def poller() -> None:
         for v in range(200):
-            await store.queue_meter_values(1, "s1", sample(v))
+            await store.queue_meter_values(1, "s1", sample(v), CLOCK)
             await store.commit([StatusChanged(1, "Charging", "NoError", None, T0 + v)], CLOCK)
 
     delivered: list[str] = []
@@ -225,10 +227,10 @@ async def test_a_full_disk_is_a_store_error_and_nothing_half_written(tmp_path: P
     await store.commit([TransactionStarted(1, Transaction("s1", "T", 0, T0))], CLOCK)
     with pytest.raises(StoreError, match="full"):
         for _ in range(100):
-            await store.queue_meter_values(1, "s1", big)
+            await store.queue_meter_values(1, "s1", big, CLOCK)
     before = await store.pending()
     await store._db.execute("PRAGMA max_page_count = 1073741823")
-    await store.queue_meter_values(1, "s1", big)  # space again: the store works on
+    await store.queue_meter_values(1, "s1", big, CLOCK)  # space again: the store works on
     assert await store.pending() == before + 1
     await store.close()
 
@@ -249,7 +251,7 @@ async def test_over_budget_samples_are_thinned_never_start_or_stop(tmp_path: Pat
     for v in range(100):
         for i, tx in enumerate(sessions, start=1):
             entry = [{"timestamp": CLOCK.utc_iso(T0 + v), "sampledValue": [{"value": f"{v:05d}", "measurand": "Energy.Active.Import.Register"}] * 3}]
-            await store.queue_meter_values(i, tx.key, entry, T0 + v)
+            await store.queue_meter_values(i, tx.key, entry, CLOCK)
     for i, tx in enumerate(sessions, start=1):
         await store.commit([TransactionStopped(i, tx, 99, "EVDisconnected", T0 + 100)], CLOCK)
     assert await store.outbox_bytes() <= 20_000 + 2_000  # the Stops came after the last thinning
@@ -262,4 +264,36 @@ async def test_over_budget_samples_are_thinned_never_start_or_stop(tmp_path: Pat
         assert values == sorted(values) and 10 < len(values) < 100
     async with store._db.execute("SELECT count(*) FROM events WHERE kind = 'alarm'") as cursor:
         assert (await cursor.fetchone())[0] >= 1
+    await store.close()
+
+
+async def test_stamps_from_an_unset_clock_are_fixed_before_sending(tmp_path: Path) -> None:
+    clock = HandClock()  # 1970: no RTC, no NTP yet
+    store = await Store.open(tmp_path / "gw.db", clock)
+    tx = Transaction("s1", "T", 0, clock.wall())
+    await store.commit([TransactionStarted(1, tx)], clock)
+    with pytest.raises(ClockUnset):
+        await store.next_to_send(clock=clock)
+    clock.advance(600)
+    clock.system = 1_790_000_000.0  # NTP steps the clock, 600 s after the plug-in
+    start = await store.next_to_send(clock=clock)
+    assert start is not None and start.payload["timestamp"] == "2026-09-21T14:03:20.000Z"  # 10 min before now
+    assert await store.next_to_send(clock=clock) == start, "fixed once, then frozen"
+    await store.close()
+
+
+async def test_unset_stamps_of_merged_samples_are_fixed_each(tmp_path: Path) -> None:
+    clock = HandClock()
+    store = await Store.open(tmp_path / "gw.db", clock)
+    await store.commit([TransactionStarted(1, Transaction("s1", "T", 0, NTP_LIKE))], CLOCK)
+    m = await store.next_to_send()
+    assert m is not None
+    await store.acknowledge(m, {"transactionId": 1})
+    for _ in range(3):
+        await store.queue_meter_values(1, "s1", [{"timestamp": clock.utc_iso(clock.wall()), "sampledValue": [{"value": "1"}]}], clock)
+        clock.advance(60)
+    clock.system = NTP_LIKE  # set; monotonic went on
+    mv = await store.next_to_send(batch_max=10, clock=clock)
+    assert mv is not None
+    assert [e["timestamp"] for e in mv.payload["meterValue"]] == ["2026-09-21T14:10:20.000Z", "2026-09-21T14:11:20.000Z", "2026-09-21T14:12:20.000Z"]
     await store.close()
