@@ -55,6 +55,7 @@ class Daemon:
                 id_tag=c.id_tag or self.config.authorization.free_charging_id_tag,
                 measurands=self.config.ocpp.meter_values_sampled_data,
                 sample_interval_s=self.config.ocpp.meter_value_sample_interval_s,
+                on_first_contact=self.reconcile_energy,
             ))
 
     async def handle_effects(self, effects: Sequence[Effect]) -> None:
@@ -83,6 +84,13 @@ class Daemon:
                 log.info("connector %d: session %s stopped (%s), %d Wh", effect.connector_id, effect.transaction.key, effect.reason, used)
         if any(isinstance(e, (TransactionStarted, TransactionStopped)) for e in batch):
             self.uplink.outbox_changed()
+
+    async def reconcile_energy(self, connector_id: int, energy_wh: int, in_transaction: bool) -> None:
+        try:
+            if await self.store.reconcile_energy(connector_id, energy_wh, in_transaction, self.clock):
+                self.uplink.outbox_changed()
+        except StoreError as exc:
+            log.error("connector %d: energy reconciliation not stored: %s", connector_id, exc)
 
     async def queue_meter_values(self, connector_id: int, session_key: str, entries: Sequence[dict]) -> None:
         try:

@@ -25,6 +25,7 @@ from gateway.settings import BusSettings, ConnectorSettings
 log = logging.getLogger("gateway.poller")
 
 EffectSink = Callable[[Sequence[Effect]], Awaitable[None]]
+ContactSink = Callable[[int, int, bool], Awaitable[None]]  # connector id, energy register (Wh), session open
 MeterSink = Callable[[int, str, Sequence[dict]], Awaitable[None]]
 
 # A slave that stopped answering is asked again this many poll periods later, so a
@@ -46,6 +47,7 @@ class ConnectorPoller:
         id_tag: str | None,
         measurands: Sequence[str],
         sample_interval_s: float,
+        on_first_contact: ContactSink | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
@@ -58,6 +60,7 @@ class ConnectorPoller:
         self.id_tag = id_tag
         self.measurands = tuple(measurands)
         self.sample_interval_s = sample_interval_s
+        self._on_first_contact = on_first_contact
         self.timeout_s = bus.request_timeout_s or profile.request_timeout_s
         self.online: bool | None = None  # None until the first poll
         self.last_reading: Reading | None = None
@@ -93,6 +96,10 @@ class ConnectorPoller:
             return
         if self.online is not True:
             log.info("connector %d: slave %s unit %d answering", self.settings.id, self.settings.bus, self.settings.unit)
+            if self._on_first_contact is not None and reading.energy_wh is not None:
+                # Before the reading drives the session: energy taken while we were not looking is
+                # accounted for first, ahead of any new session's StartTransaction.
+                await self._on_first_contact(self.settings.id, int(reading.energy_wh), self.connector.transaction is not None)
         self.online = True
         self.last_reading = reading
         effects = self.connector.on_reading(reading, wall)

@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     transaction_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS sessions_open ON sessions (connector_id) WHERE stopped IS NULL;
+CREATE TABLE IF NOT EXISTS energy_marks (
+    connector_id INTEGER PRIMARY KEY,
+    energy_wh INTEGER NOT NULL,  -- the slave's energy register when last accounted for
+    wall REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     wall REAL NOT NULL,
@@ -81,6 +86,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 _ADDED_COLUMNS = {"frozen": "INTEGER NOT NULL DEFAULT 0", "boot": "TEXT", "unset_offset": "REAL"}
+
+VENDOR_ID = "charger-gateway"  # DataTransfer vendorId of the records this gateway makes up
+UNRECORDED_MIN_WH = 10  # below this, a register difference is rounding, not a charge
 
 # Actions whose payload needs the transactionId of their session at send time.
 _NEEDS_TX_ID = frozenset({"StopTransaction", "MeterValues"})
@@ -226,6 +234,7 @@ class Store:
                     (tx.key, effect.connector_id, tx.id_tag, tx.meter_start_wh, tx.started_wall),
                 ))
                 rows += self._queue_rows("StartTransaction", tx.key, ocpp_messages.start_transaction(effect, clock), clock)
+                rows.append(self._mark_row(effect.connector_id, tx.meter_start_wh, tx.started_wall))
                 rows.append(self._event_row(tx.started_wall, effect.connector_id, "start", {"session": tx.key, "idTag": tx.id_tag, "meterStart": tx.meter_start_wh}))
             elif isinstance(effect, TransactionStopped):
                 key = effect.transaction.key
@@ -234,11 +243,48 @@ class Store:
                     (effect.meter_stop_wh, effect.wall, effect.reason, key),
                 ))
                 rows += self._queue_rows("StopTransaction", key, ocpp_messages.stop_transaction(effect, clock), clock)
+                rows.append(self._mark_row(effect.connector_id, effect.meter_stop_wh, effect.wall))
                 rows.append(self._event_row(effect.wall, effect.connector_id, "stop", {"session": key, "meterStop": effect.meter_stop_wh, "reason": effect.reason}))
             elif isinstance(effect, StatusChanged):
                 rows.append(self._event_row(effect.wall, effect.connector_id, "status", {"status": effect.status, "errorCode": effect.error_code, "info": effect.info}))
         if rows:
             await self._write(rows)
+
+    async def reconcile_energy(self, connector_id: int, energy_wh: int, in_transaction: bool, clock: Clock) -> int:
+        """First contact with a slave after a start or an outage: account for energy charged meanwhile.
+
+        A session that is still open owns what its EV took meanwhile (its meterStop will
+        show it). Otherwise a register above the last mark is energy that belongs to no
+        recorded session: an EV charged while the master was down (or before it paused
+        the box). Its bounds are unknown (no idTag, no start or stop time), so it cannot
+        be a transaction; it goes to the backend as a DataTransfer record, queued in
+        order with the transaction messages so it is never lost. Returns the Wh reported.
+        """
+        wall = clock.wall()
+        async with self._db.execute("SELECT energy_wh, wall FROM energy_marks WHERE connector_id = ?", (connector_id,)) as cursor:
+            mark = await cursor.fetchone()
+        rows = [self._mark_row(connector_id, energy_wh, wall)]
+        gap = 0
+        if mark is not None and not in_transaction:
+            last_wh, last_wall = int(mark[0]), float(mark[1])
+            if energy_wh - last_wh >= UNRECORDED_MIN_WH:
+                gap = energy_wh - last_wh
+                data = {"connectorId": connector_id, "energyWh": gap, "meterFrom": last_wh, "meterTo": energy_wh, "from": iso(last_wall)}
+                if clock.wall_is_valid():
+                    data["to"] = iso(wall)
+                payload = {"vendorId": VENDOR_ID, "messageId": "UnrecordedEnergy", "data": json.dumps(data, separators=(",", ":"))}
+                rows += self._queue_rows("DataTransfer", None, payload, clock)
+                rows.append(self._event_row(wall, connector_id, "unrecorded-energy", data))
+                log.warning("connector %d: %d Wh charged outside any recorded session; reported to the backend", connector_id, gap)
+            elif energy_wh < last_wh:
+                rows.append(self._event_row(wall, connector_id, "alarm", {"text": f"energy register went back from {last_wh} to {energy_wh} Wh (meter replaced or reset?)"}))
+                log.error("connector %d: energy register went back from %d to %d Wh", connector_id, last_wh, energy_wh)
+        await self._write(rows)
+        return gap
+
+    @staticmethod
+    def _mark_row(connector_id: int, energy_wh: int, wall: float) -> tuple[str, tuple]:
+        return ("INSERT OR REPLACE INTO energy_marks VALUES (?, ?, ?)", (connector_id, energy_wh, wall))
 
     async def queue_meter_values(self, connector_id: int, session_key: str, entries: Sequence[dict], clock: Clock) -> None:
         payload = ocpp_messages.meter_values(connector_id, entries)

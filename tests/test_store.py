@@ -297,3 +297,26 @@ async def test_unset_stamps_of_merged_samples_are_fixed_each(tmp_path: Path) -> 
     assert mv is not None
     assert [e["timestamp"] for e in mv.payload["meterValue"]] == ["2026-09-21T14:10:20.000Z", "2026-09-21T14:11:20.000Z", "2026-09-21T14:12:20.000Z"]
     await store.close()
+
+
+async def test_energy_charged_while_the_master_was_down_is_reported(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    assert await store.reconcile_energy(1, 5000, False, CLOCK) == 0, "first contact ever: only a mark"
+    tx = Transaction("s1", "T", 5000, T0)
+    await store.commit([TransactionStarted(1, tx)], CLOCK)
+    await store.commit([TransactionStopped(1, tx, 7000, "EVDisconnected", T0 + 600)], CLOCK)
+    # The master was down; an EV came, charged 1.5 kWh and left. The register says so at the next contact.
+    assert await store.reconcile_energy(1, 8500, False, CLOCK) == 1500
+    # An open session owns what its EV took meanwhile: nothing to report.
+    assert await store.reconcile_energy(1, 9000, True, CLOCK) == 0
+    assert await store.reconcile_energy(1, 9005, False, CLOCK) == 0, "a few Wh are rounding"
+    assert await store.reconcile_energy(1, 100, False, CLOCK) == 0, "a register that went back is an alarm, not energy"
+    async with store._db.execute("SELECT action, payload FROM outbox WHERE action = 'DataTransfer'") as cursor:
+        rows = list(await cursor.fetchall())
+    assert len(rows) == 1
+    data = json.loads(json.loads(rows[0][1])["data"])
+    assert data["energyWh"] == 1500 and data["meterFrom"] == 7000 and data["meterTo"] == 8500
+    assert data["from"] == "2026-09-21T14:23:20.000Z"
+    async with store._db.execute("SELECT kind FROM events WHERE kind IN ('unrecorded-energy', 'alarm') ORDER BY id") as cursor:
+        assert [r[0] for r in await cursor.fetchall()] == ["unrecorded-energy", "alarm"]
+    await store.close()

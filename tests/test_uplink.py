@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -214,5 +215,26 @@ async def test_a_master_that_believes_it_is_1970_never_sends_1970(tmp_path: Path
         assert times[1] - times[0] == 120 and times[2] - times[1] == 120, "spacing kept, by monotonic time"
         assert abs(times[2] - boot_time) < 5, "the stop happened just before the boot"
         assert all(s.endswith("Z") for s in (start["timestamp"], stop["timestamp"]))
+        assert backend.violations == []
+    await store.close()
+
+
+async def test_unrecorded_energy_reaches_the_strict_backend_in_order(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    await offline_session(store)  # ends at meterStop 2500 on connector 2
+    await store.reconcile_energy(2, 4000, False, CLOCK)
+    async with OcppRpcBackend() as backend:
+        uplink = Uplink(INFO, BackendSettings(url=backend.url), OcppSettings(), store, CLOCK, statuses)
+        task = asyncio.create_task(uplink.run())
+        try:
+            await drained(store, 20)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        order = [c["method"] for c in backend.calls(identity=INFO.identity) if c["method"] not in ("BootNotification", "StatusNotification")]
+        assert order == ["StartTransaction", "MeterValues", "StopTransaction", "DataTransfer"]
+        record = backend.calls("DataTransfer")[0]["params"]
+        assert record["vendorId"] == "charger-gateway" and record["messageId"] == "UnrecordedEnergy"
+        assert json.loads(record["data"])["energyWh"] == 1500
         assert backend.violations == []
     await store.close()
