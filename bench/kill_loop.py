@@ -5,9 +5,11 @@ Setup (tests/killing.py): `charger-gateway simulate` plays four Heidelberg
 slaves (two on one pty RS-485 line, two on Modbus TCP) with EVs 120x faster
 than life; npm ocpp-rpc in strict mode is the backend; the daemon is
 SIGKILLed at seeded random instants (some aimed at a BootNotification or a
-transaction message just received by the backend) and restarted at once.
-After the last kill the daemon drains its outbox, and every invariant of
-"nothing lost" is checked.
+transaction message just received by the backend) and restarted at once; in
+phases the restarted daemon finds the backend down, so sessions also start
+and stop offline and the queue drains after the reconnect. After the last
+kill the daemon drains its outbox, and every invariant of "nothing lost" is
+checked.
 
 Printed: kills (and where they landed), sessions completed, sessions at the
 backend, lost, duplicates (identical / different), sessions started while the

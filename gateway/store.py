@@ -132,6 +132,13 @@ def _thinned(rows: Sequence[tuple[int, str]], k: int) -> list[int]:
     return doomed
 
 
+class _CorruptFile(sqlite3.DatabaseError):
+    """PRAGMA quick_check found damage."""
+
+
+_CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 async def _open_checked(path: Path) -> aiosqlite.Connection:
     """Connect, check the file is a sound database, set durability, create or migrate the schema."""
     db = await aiosqlite.connect(path, isolation_level=None)
@@ -139,7 +146,7 @@ async def _open_checked(path: Path) -> aiosqlite.Connection:
         async with db.execute("PRAGMA quick_check") as cursor:
             verdict = [row[0] for row in await cursor.fetchall()]
         if verdict != ["ok"]:
-            raise sqlite3.DatabaseError(f"quick_check: {'; '.join(verdict[:3])}")
+            raise _CorruptFile(f"quick_check: {'; '.join(verdict[:3])}")
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA foreign_keys=ON")
@@ -183,7 +190,9 @@ class Store:
         try:
             return cls(await _open_checked(path), path, int(budget_mb * 1e6))
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+            # Only a damaged file is moved aside. "Database is locked" (a technician's sqlite3
+            # shell, a backup) or an I/O error is not corruption: fail, and let systemd retry.
+            if not (isinstance(exc, _CorruptFile) or getattr(exc, "sqlite_errorcode", None) in _CORRUPT_CODES):
                 raise StoreError(f"{path}: {exc}") from exc
             aside = next(p for n in itertools.count(1) if not (p := path.with_name(f"{path.name}.corrupt-{n}")).exists())
             for suffix in ("", "-wal", "-shm"):

@@ -8,15 +8,14 @@ the backend and records every frame; the daemon (`charger-gateway run`) is
 SIGKILLed at seeded random instants and restarted at once. Some kills are
 aimed: right after the backend received a BootNotification, a Start- or
 StopTransaction, or any transaction message, so that kills land with a
-message in flight and not only while the daemon idles.
+message in flight and not only while the daemon idles. In phases, restarts
+find the backend down (connection refused), so sessions also start, stop
+and get killed offline, and the queue drains after a reconnect.
 
-`judge()` is pure: the simulator's events, the backend's records and the
-daemon's down windows in, a `Verdict` out. It checks the promise of the
-store ("nothing lost"): every session the simulator completed reached the
-backend exactly once with the right meter values; a message sent twice was
-the one in flight at a kill, byte-identical (same messageId, same payload),
-so the backend can spot it; per transaction Start < MeterValues < Stop;
-every connection began with BootNotification; no schema violation.
+After the last kill the daemon drains its outbox; everything is then judged
+by tests/kill_judge.py (pure). The workdir keeps the daemon logs (one per
+run), the database, the simulator's events, the backend's records and the
+runs, for a post-mortem.
 
 Known limitation respected by the scenario: a Heidelberg box has no plug
 counter, so an EV leaving and another arriving while no daemon polls the box
@@ -24,7 +23,7 @@ look like one session. So EVs stay away 5 s or more (Scenario.idle_s), and a
 run that follows a run killed before it polled every slave is not killed
 before it has polled every slave itself: no slave goes unpolled for more than
 about 3.5 s (one poll period, a short life, a restart up to the RTU line's
-second slave). Should it happen anyway, judge() counts it as `merged`.
+second slave). Should it happen anyway, the judge counts it as `merged`.
 """
 
 from __future__ import annotations
@@ -41,25 +40,27 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from tests.kill_judge import (
+    CONNECTORS,
+    IDENTITY,
+    TX_ACTIONS,
+    StoredSession,
+    Verdict,
+    call_action,
+    down_windows,
+    judge,
+    landing,
+    sim_sessions,
+)
 from tests.ocpp_rpc_peer import OcppRpcBackend, Record
 
 REPO = Path(__file__).resolve().parents[1]
-IDENTITY = "CP-KILL-01"
-CONNECTORS = (1, 2, 3, 4)
-TX_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "MeterValues"})
-# The first poll of a run logs "answering" before it commits and writes the pause current:
-# control is counted from one poll period later.
-IN_CONTROL_MARGIN_S = 1.0
-# A killed daemon last polled a slave up to one poll period (1 s) and one line cycle before the kill.
-BLIND_BEFORE_KILL_S = 1.5
-# A simulator event is stamped with the wall time it is reported at, up to one tick (0.1 s) late.
-EVENT_SLACK_S = 0.2
 # What a kill aims at: a point in time, or the arrival of one of these CALLs at the backend.
 AIMS: dict[str, frozenset[str]] = {
     "time": frozenset(),
@@ -69,8 +70,6 @@ AIMS: dict[str, frozenset[str]] = {
 }
 AIM_WEIGHTS = (35, 15, 25, 25)
 _ANSWERING = re.compile(rb"connector (\d+): slave .* answering")
-
-Window = tuple[float, float]
 
 
 class HarnessError(RuntimeError):
@@ -88,6 +87,11 @@ class Scenario:
     idle_s: tuple[float, float] = (600.0, 1200.0)  # simulated: 5 to 10 s, longer than a slave ever goes unpolled
     session_kwh: tuple[float, float] = (0.5, 1.5)
     sample_interval_s: int = 1  # MeterValueSampleInterval: a message is nearly always on its way
+    # Each restart finds the backend unreachable (connection refused) with the first probability when
+    # it was reachable, and reachable again with the second: about a third of the runs, in phases of
+    # 8 runs on average, so sessions also start, stop and get killed offline (field failures 1, 3, 4).
+    go_offline_p: float = 0.06
+    come_online_p: float = 0.12
     settle_timeout_s: float = 60.0
 
 
@@ -101,6 +105,7 @@ class Run:
     first_record: int  # index of the first backend record after the spawn
     log: Path
     in_control: dict[int, float] = field(default_factory=dict)  # connector -> wall of its first successful poll, seen in the log
+    offline: bool = False  # the backend was unreachable for this run
     killed: float | None = None
     last_record: int | None = None
     _log_offset: int = 0
@@ -117,31 +122,13 @@ class Run:
 
 
 @dataclass
-class Verdict:
-    """What judge() found. `problems` empty means every invariant held."""
-
-    sessions_completed: int = 0  # simulated plug..unplug sessions that were judged
-    sessions_at_backend: int = 0  # of those, found at the backend exactly once
-    sessions_in_store: int = 0  # rows of the daemon's sessions table, each checked against the backend
-    lost: int = 0
-    started_while_down: int = 0  # plug-in while the daemon was down: meterStart is the register at authorization
-    merged: int = 0  # unplug and re-plug inside one downtime (the known limitation)
-    transactions: int = 0  # distinct StartTransaction messages at the backend
-    duplicates_identical: int = 0  # extra copies of a CALL, byte for byte the same
-    duplicates_different: int = 0  # extra copies whose frame differs: must never happen
-    duplicates_by_action: dict[str, int] = field(default_factory=dict)
-    connections: int = 0
-    problems: list[str] = field(default_factory=list)
-
-
-@dataclass
 class Report:
     """The outcome of one scenario, for the test's assertions and the bench's printout."""
 
     scenario: Scenario
     runs: list[Run]
     verdict: Verdict
-    landed: dict[str, int]  # where the kills landed: before connect, at boot, tx in flight, running
+    landed: dict[str, int]  # where the kills landed: offline, before connect, at boot, tx in flight, running
     aims: dict[str, int]
     watchdog_trips: int
     final_exit_code: int
@@ -178,259 +165,11 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {n}" for k, n in counts.items() if n)
 
 
-# --- judging: pure --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SimSession:
-    connector: int
-    plug_wall: float
-    plug_wh: int
-    unplug_wall: float | None = None
-    unplug_wh: int | None = None
-
-
-@dataclass(frozen=True)
-class StoredSession:
-    """A row of the daemon's sessions table."""
-
-    key: str
-    connector: int
-    meter_start: int
-    meter_stop: int | None
-    transaction_id: int | None
-
-
 def stored_sessions(db: Path) -> list[StoredSession]:
+    """The daemon's sessions table (read-only)."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         rows = conn.execute("SELECT key, connector_id, meter_start, meter_stop, transaction_id FROM sessions ORDER BY started").fetchall()
     return [StoredSession(*row) for row in rows]
-
-
-@dataclass
-class _Tx:
-    """One transaction at the backend, keyed by the messageId of its StartTransaction."""
-
-    start_id: str
-    connector: int
-    meter_start: int
-    tx_ids: set[int] = field(default_factory=set)
-    stop_id: str | None = None
-    meter_stop: int | None = None
-
-
-def sim_sessions(events: Sequence[dict]) -> dict[int, list[SimSession]]:
-    """Each connector's sessions in order, from the simulator's plug and unplug events."""
-    out: dict[int, list[SimSession]] = {}
-    for e in events:
-        sessions = out.setdefault(e["connector"], [])
-        if e["event"] == "plug":
-            sessions.append(SimSession(e["connector"], e["wall"], e["energy_wh"]))
-        elif e["event"] == "unplug" and sessions and sessions[-1].unplug_wall is None:
-            s = sessions[-1]
-            sessions[-1] = SimSession(s.connector, s.plug_wall, s.plug_wh, e["wall"], e["energy_wh"])
-    return out
-
-
-def down_windows(runs: Sequence[Run], since: float) -> dict[int, list[Window]]:
-    """Per connector, when no daemon watched it: from its last poll before a kill (or `since`) to a later run's first poll."""
-    windows: dict[int, list[Window]] = {c: [] for c in CONNECTORS}
-    for c in CONNECTORS:
-        down: float | None = since
-        for run in runs:
-            if down is not None and c in run.in_control:
-                windows[c].append((down, run.in_control[c] + IN_CONTROL_MARGIN_S))
-                down = None
-            if run.killed is not None and down is None:
-                down = run.killed - BLIND_BEFORE_KILL_S
-        if down is not None:
-            windows[c].append((down, float("inf")))
-    return windows
-
-
-def _inside(t: float, windows: Sequence[Window]) -> Window | None:
-    return next((w for w in windows if w[0] - EVENT_SLACK_S <= t <= w[1]), None)
-
-
-def _transactions(records: Sequence[dict], verdict: Verdict) -> dict[int, list[_Tx]]:
-    """Backend records -> each connector's transactions, counting duplicates and order faults on the way."""
-    seen: dict[str, tuple[str, int]] = {}  # messageId of a CALL -> (its frame, connection number)
-    by_start: dict[str, _Tx] = {}
-    by_id: dict[int, _Tx] = {}
-    handled: set[str] = set()
-    problems = verdict.problems
-    connection, calls_here, tx_here = 0, 0, 0
-    for r in records:
-        kind = r["type"]
-        if r.get("identity") not in (None, IDENTITY):
-            continue
-        if kind == "connect":
-            connection, calls_here, tx_here = connection + 1, 0, 0
-        elif kind == "frame" and r["direction"] == "in":
-            frame = json.loads(r["message"])
-            if not (isinstance(frame, list) and frame and frame[0] == 2):
-                continue
-            _, message_id, action = frame[:3]
-            if calls_here == 0 and action != "BootNotification":
-                problems.append(f"connection {connection} began with {action}, not BootNotification")
-            calls_here += 1
-            if message_id in seen:
-                first, where = seen[message_id]
-                if r["message"] == first:
-                    verdict.duplicates_identical += 1
-                else:
-                    verdict.duplicates_different += 1
-                    problems.append(f"{action} {message_id} sent again with other content:\n  {first}\n  {r['message']}")
-                verdict.duplicates_by_action[action] = verdict.duplicates_by_action.get(action, 0) + 1
-                if where == connection or (action in TX_ACTIONS and tx_here > 0):
-                    problems.append(f"{action} {message_id} resent on connection {connection} but it was not the message in flight at a restart")
-            else:
-                seen[message_id] = (r["message"], connection)
-            tx_here += action in TX_ACTIONS
-        elif kind == "call" and r["messageId"] not in handled:
-            handled.add(r["messageId"])
-            _follow_call(r, by_start, by_id, problems)
-        elif kind == "result" and r["method"] == "StartTransaction" and r["messageId"] in by_start:
-            tx = by_start[r["messageId"]]
-            tx.tx_ids.add(int(r["result"]["transactionId"]))
-            by_id[int(r["result"]["transactionId"])] = tx
-    verdict.connections = connection
-    verdict.transactions = len(by_start)
-    out: dict[int, list[_Tx]] = {}
-    for tx in by_start.values():  # insertion order: order of arrival
-        out.setdefault(tx.connector, []).append(tx)
-    return out
-
-
-def _follow_call(r: dict, by_start: dict[str, _Tx], by_id: dict[int, _Tx], problems: list[str]) -> None:
-    """The first copy of one transaction CALL: open, feed or close its transaction, in order."""
-    params, method = r["params"], r["method"]
-    if method == "StartTransaction":
-        by_start[r["messageId"]] = _Tx(r["messageId"], params["connectorId"], params["meterStart"])
-        return
-    if method not in ("MeterValues", "StopTransaction") or (method == "MeterValues" and "transactionId" not in params):
-        return
-    tx = by_id.get(params["transactionId"])
-    if tx is None:
-        problems.append(f"{method} {r['messageId']} names transactionId {params['transactionId']}, which no StartTransaction got")
-        return
-    if tx.stop_id is not None:
-        problems.append(f"{method} {r['messageId']} for transaction {params['transactionId']} after its StopTransaction {tx.stop_id}")
-        return
-    if method == "MeterValues":
-        if params["connectorId"] != tx.connector:
-            problems.append(f"MeterValues {r['messageId']}: connector {params['connectorId']}, its transaction is on {tx.connector}")
-    else:
-        tx.stop_id, tx.meter_stop = r["messageId"], params["meterStop"]
-
-
-def judge(
-    events: Sequence[dict], records: Sequence[dict], windows: dict[int, list[Window]], judged_until: float, stored: Sequence[StoredSession]
-) -> Verdict:
-    """Check every invariant; sessions that ended by `judged_until` (wall) must be complete at the backend.
-
-    Sessions still running, or ended later, may be anywhere on their way, but
-    whatever of them reached the backend must be right too. `stored` is the
-    daemon's sessions table after the outbox drained: every committed start
-    and stop must be at the backend, and nothing else.
-    """
-    verdict = Verdict()
-    backend = _transactions(records, verdict)
-    _check_store(stored, backend, verdict)
-    sessions = sim_sessions(events)
-    for c in sorted(set(sessions) | set(backend)):
-        _judge_connector(sessions.get(c, []), backend.get(c, []), windows.get(c, []), judged_until, verdict)
-    return verdict
-
-
-def _judge_connector(mine: list[SimSession], txs: list[_Tx], windows: list[Window], judged_until: float, verdict: Verdict) -> None:
-    """Pair one connector's simulated sessions with its transactions at the backend, by the meter at unplug."""
-    by_stop = {tx.meter_stop: tx for tx in txs if tx.meter_stop is not None}
-    matched: set[str] = set()
-    carried: SimSession | None = None  # the first of sessions merged into one (see `merged`)
-    for k, s in enumerate(mine):
-        if s.unplug_wall is None or s.unplug_wh is None:
-            continue
-        tx = by_stop.get(s.unplug_wh)
-        judged = s.unplug_wall <= judged_until
-        verdict.sessions_completed += judged
-        first = carried or s
-        if tx is None:
-            nxt = mine[k + 1] if k + 1 < len(mine) else None
-            window = _inside(s.unplug_wall, windows)
-            if nxt is not None and window is not None and _inside(nxt.plug_wall, [window]):
-                verdict.merged += 1  # unplug and re-plug that no daemon saw: one long session at the backend
-                carried = first
-            elif judged:
-                verdict.lost += 1
-                verdict.problems.append(f"connector {s.connector}: session plugged at {s.plug_wh} Wh, unplugged at {s.unplug_wh} Wh never stopped at the backend")
-            continue
-        carried = None
-        matched.add(tx.start_id)
-        if tx.meter_start == first.plug_wh:
-            verdict.sessions_at_backend += judged
-        elif _inside(first.plug_wall, windows) and first.plug_wh <= tx.meter_start <= s.unplug_wh:
-            verdict.sessions_at_backend += judged
-            verdict.started_while_down += 1
-        else:
-            verdict.problems.append(f"connector {s.connector}: session {first.plug_wh}..{s.unplug_wh} Wh arrived with meterStart {tx.meter_start}")
-    last_unjudged = bool(mine) and (mine[-1].unplug_wall is None or mine[-1].unplug_wall > judged_until)
-    for tx in txs:
-        if tx.start_id in matched:
-            continue
-        if tx is txs[-1] and tx.meter_stop is None and last_unjudged:
-            continue  # the session still running at the end, or ended after the judging point
-        verdict.problems.append(f"connector {tx.connector}: transaction {sorted(tx.tx_ids)} (meter {tx.meter_start}..{tx.meter_stop}) matches no simulated session")
-
-
-def _check_store(stored: Sequence[StoredSession], backend: dict[int, list[_Tx]], verdict: Verdict) -> None:
-    """Each committed session is one transaction at the backend with the same meters, and vice versa."""
-    by_id = {i: tx for txs in backend.values() for tx in txs for i in tx.tx_ids}
-    found: set[str] = set()
-    for row in stored:
-        tx = by_id.get(row.transaction_id) if row.transaction_id is not None else None
-        if tx is None:
-            verdict.problems.append(f"stored session {row.key} (connector {row.connector}) has no transaction at the backend")
-            continue
-        found.add(tx.start_id)
-        if (tx.connector, tx.meter_start) != (row.connector, row.meter_start):
-            verdict.problems.append(f"stored session {row.key}: connector {row.connector} meterStart {row.meter_start}, the backend got {tx.connector} {tx.meter_start}")
-        if tx.meter_stop != row.meter_stop:
-            verdict.problems.append(f"stored session {row.key}: meterStop {row.meter_stop}, the backend got {tx.meter_stop}")
-    verdict.sessions_in_store = len(stored)
-    for tx in (tx for txs in backend.values() for tx in txs if tx.start_id not in found):
-        verdict.problems.append(f"transaction {sorted(tx.tx_ids)} at the backend is no session in the store")
-
-
-def landing(runs: Sequence[Run], records: Sequence[dict]) -> dict[str, int]:
-    """Where each kill landed, from what the backend saw of the killed run and of the next one.
-
-    "tx in flight": the next run's first transaction CALL repeats a messageId,
-    i.e. the killed run had sent it and not yet committed its answer.
-    """
-    out = {"before connect": 0, "at boot": 0, "tx in flight": 0, "running": 0}
-    seen: set[str] = set()
-    tx_calls: list[tuple[int, bool]] = []  # (record index, is a resend) of every transaction CALL frame
-    for i, r in enumerate(records):
-        if r["type"] == "frame" and r["direction"] == "in" and _call_action(r) in TX_ACTIONS:
-            message_id = json.loads(r["message"])[1]
-            tx_calls.append((i, message_id in seen))
-            seen.add(message_id)
-    for run, after in itertools.pairwise(runs):
-        mine = records[run.first_record:run.last_record]
-        first_after = next((resend for i, resend in tx_calls if i >= after.first_record), False)
-        if not any(r["type"] == "connect" for r in mine):
-            out["before connect"] += 1
-        elif not any(r["type"] == "call" and r["method"] != "BootNotification" for r in mine):
-            out["at boot"] += 1  # it had sent nothing after its BootNotification
-        elif first_after:
-            out["tx in flight"] += 1
-        else:
-            out["running"] += 1
-    return out
-
-
-# --- playing: processes -----------------------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -514,15 +253,29 @@ class _Cluster:
         self.progress = progress
         self.rng = random.Random(f"kill-loop/{scenario.seed}")
         self.config = write_config(workdir, backend.url, scenario)
+        # A port bound but not listening: connecting to it is refused, as to a backend that is down.
+        self._dead = socket.socket()
+        self._dead.bind(("127.0.0.1", 0))
+        dead_url = f"ws://127.0.0.1:{self._dead.getsockname()[1]}/ocpp"
+        self.offline_config = workdir / "cluster-offline.yaml"
+        self.offline_config.write_text(self.config.read_text().replace(backend.url, dead_url))
+        self.offline = False
         self.events_file = workdir / "sim-events.jsonl"
         self.runs: list[Run] = []
         self.daemon: asyncio.subprocess.Process | None = None
 
-    async def spawn_daemon(self, aim: str) -> Run:
-        run = Run(len(self.runs), aim, time.time(), len(self.backend.records), self.workdir / "logs" / f"daemon-{len(self.runs):04d}.log")
-        self.daemon = await _spawn("run", "-c", str(self.config), log=run.log)
+    async def spawn_daemon(self, last: bool = False) -> Run:
+        """Start the next daemon; unless it is the last, draw whether the backend is reachable and what its kill aims at."""
+        flip = self.rng.random() < (self.scenario.come_online_p if self.offline else self.scenario.go_offline_p)
+        self.offline = (self.offline != flip) and not last
+        aim = "none" if last else "time" if self.offline else self.rng.choices(list(AIMS), AIM_WEIGHTS)[0]
+        run = Run(len(self.runs), aim, time.time(), len(self.backend.records), self.workdir / "logs" / f"daemon-{len(self.runs):04d}.log", offline=self.offline)
+        self.daemon = await _spawn("run", "-c", str(self.offline_config if self.offline else self.config), log=run.log)
         self.runs.append(run)
         return run
+
+    def close(self) -> None:
+        self._dead.close()
 
     def check_alive(self, sim: asyncio.subprocess.Process) -> None:
         if sim.returncode is not None:
@@ -559,7 +312,7 @@ class _Cluster:
 
             def aimed(r: Record) -> bool:
                 # wait_for checks every record exactly once, in order: the counter is the record's index.
-                return next(position) >= fresh and r["type"] == "frame" and r["direction"] == "in" and _call_action(r) in actions
+                return next(position) >= fresh and r["type"] == "frame" and r["direction"] == "in" and call_action(r) in actions
 
             # Two tasks: the aimed kill must follow the frame at once, not at the log watcher's next look.
             watcher = asyncio.create_task(self.backend.wait_for(aimed, high))
@@ -592,11 +345,6 @@ class _Cluster:
         return {(connector.get(s["params"]["transactionId"], 0), s["params"]["meterStop"]) for s in self.backend.calls("StopTransaction", IDENTITY)}
 
 
-def _call_action(record: Record) -> str | None:
-    frame = json.loads(record["message"])
-    return frame[2] if isinstance(frame, list) and len(frame) > 2 and frame[0] == 2 else None
-
-
 async def run_scenario(workdir: Path, scenario: Scenario, progress: Callable[[str], None] = lambda text: None) -> Report:
     """Play `scenario` in `workdir` (which keeps the logs, the database and the events) and judge it."""
     began = time.monotonic()
@@ -612,11 +360,11 @@ async def run_scenario(workdir: Path, scenario: Scenario, progress: Callable[[st
                 while not (workdir / "ttyRS485-1").exists():
                     cluster.check_alive(sim)
                     await asyncio.sleep(0.02)
-            await cluster.spawn_daemon(cluster.rng.choices(list(AIMS), AIM_WEIGHTS)[0] if scenario.kills else "none")
+            await cluster.spawn_daemon(last=scenario.kills == 0)
             await cluster.in_control(sim)
             for k in range(scenario.kills):
                 await cluster.kill_at_aim(sim)
-                await cluster.spawn_daemon(cluster.rng.choices(list(AIMS), AIM_WEIGHTS)[0] if k + 1 < scenario.kills else "none")
+                await cluster.spawn_daemon(last=k + 1 == scenario.kills)
                 if (k + 1) % 50 == 0:
                     progress(f"{k + 1} kills, {len(cluster.stopped_at_backend())} sessions stopped at the backend, {time.monotonic() - began:.0f} s")
             await cluster.in_control(sim)
@@ -634,12 +382,13 @@ async def run_scenario(workdir: Path, scenario: Scenario, progress: Callable[[st
             if cluster.daemon is not None:
                 final_rc = await _terminate(cluster.daemon)
             await _terminate(sim)
+            cluster.close()
     events = read_events(cluster.events_file)
     records = list(backend.records)
     with (workdir / "backend-records.jsonl").open("w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     with (workdir / "runs.jsonl").open("w") as f:
-        f.writelines(json.dumps({"run": r.number, "aim": r.aim, "started": r.started, "in_control": r.in_control, "killed": r.killed}) + "\n" for r in cluster.runs)
+        f.writelines(json.dumps({"run": r.number, "aim": r.aim, "offline": r.offline, "started": r.started, "in_control": r.in_control, "killed": r.killed}) + "\n" for r in cluster.runs)
     verdict = judge(events, records, down_windows(cluster.runs, sim_started), judged_until, stored_sessions(workdir / "gateway.db"))
     if not drained:
         verdict.problems.append(f"the outbox still held {outbox_count(workdir / 'gateway.db')} messages {scenario.settle_timeout_s:.0f} s after the last kill")
@@ -647,7 +396,8 @@ async def run_scenario(workdir: Path, scenario: Scenario, progress: Callable[[st
     verdict.problems += [f"not OCPP-J: {json.dumps(b)[:400]}" for b in backend.bad_messages]
     aims: dict[str, int] = {}
     for run in cluster.runs[:-1]:
-        aims[run.aim] = aims.get(run.aim, 0) + 1
+        aim = "time, offline" if run.offline else run.aim
+        aims[aim] = aims.get(aim, 0) + 1
     return Report(
         scenario, cluster.runs, verdict, landing(cluster.runs, records), aims,
         sum(e["event"] == "watchdog" for e in events), final_rc, time.monotonic() - began, workdir,

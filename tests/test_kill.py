@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.killing import IDENTITY, Scenario, StoredSession, Verdict, judge, run_scenario
+from tests.kill_judge import BLIND_BEFORE_KILL_S, IDENTITY, IN_CONTROL_MARGIN_S, StoredSession, Verdict, down_windows, judge
+from tests.killing import Run, Scenario, run_scenario
 
 T0 = 1_800_000_000.0  # wall time of the stories
 
@@ -200,15 +201,29 @@ def test_an_unplug_and_replug_unseen_by_any_daemon_is_counted_as_merged() -> Non
     assert seen.lost == 1
 
 
+def test_a_slave_is_unwatched_from_its_last_poll_before_a_kill_to_its_first_poll_in_a_later_run() -> None:
+    runs = [Run(n, "time", 0.0, 0, Path(f"daemon-{n}.log")) for n in range(3)]
+    runs[0].in_control, runs[0].killed = {1: 10.0, 2: 10.5}, 20.0
+    runs[1].in_control, runs[1].killed = {1: 21.0}, 22.0  # killed before it polled slave 2
+    runs[2].in_control = {1: 23.0, 2: 23.5}
+    windows = down_windows(runs, since=0.0)
+    cut = 20.0 - BLIND_BEFORE_KILL_S
+    assert windows[1] == [(0.0, 10.0 + IN_CONTROL_MARGIN_S), (cut, 21.0 + IN_CONTROL_MARGIN_S), (22.0 - BLIND_BEFORE_KILL_S, 23.0 + IN_CONTROL_MARGIN_S)]
+    assert windows[2] == [(0.0, 10.5 + IN_CONTROL_MARGIN_S), (cut, 23.5 + IN_CONTROL_MARGIN_S)]
+    assert windows[3] == [(0.0, float("inf"))]  # never polled
+
+
 @pytest.mark.interop
 async def test_thirty_sigkills_lose_nothing(tmp_path: Path) -> None:
-    report = await run_scenario(tmp_path, Scenario(kills=30, seed=7))
+    # Seed 15: 8 runs with the backend up, then 10 with it down (sessions start and stop offline), then up again.
+    report = await run_scenario(tmp_path, Scenario(kills=30, seed=15))
     print(report.summary())  # shown by pytest -s, and with a failure
     assert report.problems == [], report.summary()
     v = report.verdict
     assert v.lost == 0 and v.duplicates_different == 0
     assert v.sessions_completed >= 4, "the scenario was not busy: too few sessions to judge"
     assert v.sessions_at_backend == v.sessions_completed - v.merged
-    # 14 of the 30 kills aim at a transaction message (seed 7); about a third of kills land with one
-    # in flight, so none at all would mean the harness no longer tests the resend.
+    assert report.landed["offline"] == 10
+    # About a third of the online kills land with a transaction message in flight: none at all
+    # would mean the harness no longer tests the resend.
     assert report.landed["tx in flight"] >= 1 and v.duplicates_identical >= 1

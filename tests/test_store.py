@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -319,4 +320,25 @@ async def test_energy_charged_while_the_master_was_down_is_reported(tmp_path: Pa
     assert data["from"] == "2026-09-21T14:23:20.000Z"
     async with store._db.execute("SELECT kind FROM events WHERE kind IN ('unrecorded-energy', 'alarm') ORDER BY id") as cursor:
         assert [r[0] for r in await cursor.fetchall()] == ["unrecorded-energy", "alarm"]
+    await store.close()
+
+
+async def test_a_locked_database_is_not_corrupt(tmp_path: Path) -> None:
+    """A technician's sqlite3 shell holding the write lock must never get a healthy file moved aside."""
+    db = tmp_path / "gw.db"
+    store = await Store.open(db)
+    await store.commit([TransactionStarted(1, Transaction("s1", "T", 0, T0))], CLOCK)
+    await store.close()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            await Store.open(db)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert not (tmp_path / "gw.db.corrupt-1").exists()
+    store = await Store.open(db)
+    assert await store.pending() == 1, "the queued StartTransaction is still there"
     await store.close()
