@@ -206,7 +206,8 @@ def write_config(workdir: Path, backend_url: str, scenario: Scenario) -> Path:
     return path
 
 
-async def _spawn(*args: str, log: Path) -> asyncio.subprocess.Process:
+async def spawn_gateway(*args: str, log: Path) -> asyncio.subprocess.Process:
+    """`python -m gateway ARGS` as a real process, its output to `log`."""
     with log.open("wb") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", *args, cwd=REPO,
@@ -214,7 +215,8 @@ async def _spawn(*args: str, log: Path) -> asyncio.subprocess.Process:
         )
 
 
-async def _terminate(proc: asyncio.subprocess.Process) -> int:
+async def terminate(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM, then SIGKILL after 15 s; the exit code."""
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -270,7 +272,7 @@ class _Cluster:
         self.offline = (self.offline != flip) and not last
         aim = "none" if last else "time" if self.offline else self.rng.choices(list(AIMS), AIM_WEIGHTS)[0]
         run = Run(len(self.runs), aim, time.time(), len(self.backend.records), self.workdir / "logs" / f"daemon-{len(self.runs):04d}.log", offline=self.offline)
-        self.daemon = await _spawn("run", "-c", str(self.offline_config if self.offline else self.config), log=run.log)
+        self.daemon = await spawn_gateway("run", "-c", str(self.offline_config if self.offline else self.config), log=run.log)
         self.runs.append(run)
         return run
 
@@ -352,7 +354,7 @@ async def run_scenario(workdir: Path, scenario: Scenario, progress: Callable[[st
     async with OcppRpcBackend() as backend:
         cluster = _Cluster(workdir, scenario, backend, progress)
         sim_started = time.time()
-        sim = await _spawn("simulate", "-c", str(cluster.config), "--events", str(cluster.events_file), log=workdir / "sim.log")
+        sim = await spawn_gateway("simulate", "-c", str(cluster.config), "--events", str(cluster.events_file), log=workdir / "sim.log")
         final_rc = -1
         try:
             # The daemon starts as soon as the simulated line exists: it must pause every box before the first EV.
@@ -380,8 +382,8 @@ async def run_scenario(workdir: Path, scenario: Scenario, progress: Callable[[st
             cluster.runs[-1].last_record = len(backend.records)
         finally:
             if cluster.daemon is not None:
-                final_rc = await _terminate(cluster.daemon)
-            await _terminate(sim)
+                final_rc = await terminate(cluster.daemon)
+            await terminate(sim)
             cluster.close()
     events = read_events(cluster.events_file)
     records = list(backend.records)

@@ -8,16 +8,13 @@ and ocpp-rpc must report zero schema violations in either direction.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.killing import read_events, spawn_gateway, terminate
 from tests.ocpp_rpc_peer import OcppRpcBackend
 
 pytestmark = pytest.mark.interop
@@ -57,31 +54,6 @@ def cluster_config(tmp_path: Path, backend_url: str) -> Path:
     return path
 
 
-async def spawn(*args: str, log: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args,
-        stdout=log.open("wb"), stderr=asyncio.subprocess.STDOUT,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-
-
-async def stop(proc: asyncio.subprocess.Process) -> int:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode if proc.returncode is not None else -1
-
-
-def sim_events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 async def test_every_simulated_session_reaches_the_strict_backend_once(tmp_path: Path) -> None:
     async with OcppRpcBackend() as backend:
         config = cluster_config(tmp_path, backend.url)
@@ -90,22 +62,22 @@ async def test_every_simulated_session_reaches_the_strict_backend_once(tmp_path:
         # starts), or that EV would charge before authorization and meterStart would differ from the
         # plug-in reading. So it starts as soon as the simulated line exists, not before: a daemon
         # waiting for a missing port backs off, and could miss that window.
-        sim = await spawn("simulate", "-c", str(config), "--events", str(events_file), log=tmp_path / "sim.log")
+        sim = await spawn_gateway("simulate", "-c", str(config), "--events", str(events_file), log=tmp_path / "sim.log")
         async with asyncio.timeout(20):
             while not (tmp_path / "ttyRS485-1").exists():
                 await asyncio.sleep(0.05)
-        daemon = await spawn("run", "-c", str(config), log=tmp_path / "daemon.log")
+        daemon = await spawn_gateway("run", "-c", str(config), log=tmp_path / "daemon.log")
         try:
             deadline = asyncio.get_running_loop().time() + 150
             while True:
                 await asyncio.sleep(0.5)
                 assert daemon.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
                 assert sim.returncode is None, (tmp_path / "sim.log").read_text()[-3000:]
-                unplugs = [e for e in sim_events(events_file) if e["event"] == "unplug"]
+                unplugs = [e for e in read_events(events_file) if e["event"] == "unplug"]
                 stops = backend.calls("StopTransaction", IDENTITY)
                 if len(unplugs) >= SESSIONS_WANTED and len(stops) >= len(unplugs):
                     # Judge what had happened by now; sessions still running at shutdown are not counted.
-                    events, stops = sim_events(events_file), list(stops)
+                    events, stops = read_events(events_file), list(stops)
                     break
                 if asyncio.get_running_loop().time() > deadline:
                     pytest.fail(
@@ -113,8 +85,8 @@ async def test_every_simulated_session_reaches_the_strict_backend_once(tmp_path:
                         + (tmp_path / "daemon.log").read_text()[-4000:]
                     )
         finally:
-            daemon_rc = await stop(daemon)
-            sim_rc = await stop(sim)
+            daemon_rc = await terminate(daemon)
+            sim_rc = await terminate(sim)
 
         starts = backend.calls("StartTransaction", IDENTITY)
         all_stops = backend.calls("StopTransaction", IDENTITY)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,17 @@ pytestmark = pytest.mark.interop
 
 CLOCK = Clock()
 INFO = ChargePointInfo("CP-UPLINK-1", "OpenGateway", "Cluster", "SN-1")
+
+
+@contextlib.asynccontextmanager
+async def running(uplink: Uplink) -> AsyncIterator[None]:
+    """The uplink's task for the length of a block, cancelled and awaited after it."""
+    task = asyncio.create_task(uplink.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def drained(store: Store, timeout: float = 10.0) -> None:
@@ -47,13 +60,9 @@ async def test_offline_session_is_delivered_in_order_after_boot(tmp_path: Path) 
     await offline_session(store)
     async with OcppRpcBackend() as backend:
         uplink = Uplink(INFO, BackendSettings(url=backend.url), OcppSettings(), store, CLOCK, statuses)
-        task = asyncio.create_task(uplink.run())
-        try:
+        async with running(uplink):
             await drained(store, 20)
             await backend.wait_for_calls("StatusNotification", 3, timeout=10)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         calls = backend.calls(identity=INFO.identity)
         assert calls[0]["method"] == "BootNotification"
         assert calls[0]["params"]["chargePointSerialNumber"] == "SN-1"
@@ -77,8 +86,7 @@ async def test_nothing_but_boot_until_accepted_then_reconnect(tmp_path: Path) ->
         await backend.configure(boot_status="Pending", heartbeat_interval=1)
         settings = BackendSettings(url=backend.url, reconnect_min_s=0.1, reconnect_max_s=0.5)
         uplink = Uplink(INFO, settings, OcppSettings(), store, CLOCK, statuses)
-        task = asyncio.create_task(uplink.run())
-        try:
+        async with running(uplink):
             await backend.wait_for_calls("BootNotification", 2, timeout=10)
             assert {c["method"] for c in backend.calls(identity=INFO.identity)} == {"BootNotification"}
             await backend.configure(boot_status="Accepted", heartbeat_interval=3600)
@@ -88,9 +96,6 @@ async def test_nothing_but_boot_until_accepted_then_reconnect(tmp_path: Path) ->
             await backend.close_connection(INFO.identity)
             await backend.wait_for_calls("BootNotification", boots + 1, timeout=10)
             await asyncio.wait_for(uplink.connected.wait(), 10)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         assert len(backend.calls("StartTransaction")) == 1, "a delivered message was sent again"
         assert backend.violations == []
     await store.close()
@@ -106,12 +111,8 @@ async def test_wss_with_private_ca_and_basic_auth(tmp_path: Path) -> None:
         assert backend.url.startswith("wss://")
         settings = BackendSettings(url=backend.url, password_file=password, ca_file=cert)
         uplink = Uplink(INFO, settings, OcppSettings(), store, CLOCK, statuses)
-        task = asyncio.create_task(uplink.run())
-        try:
+        async with running(uplink):
             await drained(store, 20)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         connect = backend.of_type("connect", INFO.identity)[0]
         assert connect["protocol"] == "ocpp1.6"
         assert backend.violations == []
@@ -129,17 +130,13 @@ async def test_refused_or_untrusted_backend_never_connects(tmp_path: Path, fault
         settings = BackendSettings(url=backend.url, password_file=password, ca_file=cert if fault == "wrong password" else None,
                                    reconnect_min_s=0.2, reconnect_max_s=0.5)
         uplink = Uplink(INFO, settings, OcppSettings(), store, CLOCK, statuses)
-        task = asyncio.create_task(uplink.run())
-        try:
+        async with running(uplink):
             if fault == "wrong password":
                 await backend.wait_for(lambda r: r["type"] == "auth-rejected" and r["status"] == 401, 10)
             else:
                 await asyncio.sleep(1.5)
             assert not uplink.connected.is_set()
             assert backend.calls(identity=INFO.identity) == []
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
     await store.close()
 
 
@@ -151,12 +148,8 @@ async def test_refused_meter_values_are_dropped_but_a_refused_stop_is_kept_ident
     async with OcppRpcBackend() as backend:
         await backend.configure(refuse={"MeterValues": 2, "StopTransaction": 3})
         uplink = Uplink(INFO, BackendSettings(url=backend.url), ocpp, store, CLOCK, statuses)
-        task = asyncio.create_task(uplink.run())
-        try:
+        async with running(uplink):
             await drained(store, 20)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         assert len(backend.calls("MeterValues")) == 2, "dropped after TransactionMessageAttempts refusals"
         stops = backend.calls("StopTransaction")
         assert len(stops) == 4, "three refusals, then accepted: never dropped"
@@ -178,12 +171,8 @@ async def test_queued_samples_drain_as_one_message(tmp_path: Path) -> None:
     await store.commit([TransactionStopped(1, tx, 800, "EVDisconnected", t0 + 600)], CLOCK)
     async with OcppRpcBackend() as backend:
         uplink = Uplink(INFO, BackendSettings(url=backend.url), OcppSettings(meter_values_batch_max=5), store, CLOCK, statuses)
-        task = asyncio.create_task(uplink.run())
-        try:
+        async with running(uplink):
             await drained(store, 20)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         batches = [[e["sampledValue"][0]["value"] for e in c["params"]["meterValue"]] for c in backend.calls("MeterValues")]
         assert batches == [["100", "200", "300", "400", "500"], ["600", "700"]]
         assert backend.violations == []
@@ -202,12 +191,8 @@ async def test_a_master_that_believes_it_is_1970_never_sends_1970(tmp_path: Path
     await store.commit([TransactionStopped(1, tx, 200, "EVDisconnected", clock.wall())], clock)
     async with OcppRpcBackend() as backend:
         uplink = Uplink(INFO, BackendSettings(url=backend.url), OcppSettings(), store, clock, statuses)
-        task = asyncio.create_task(uplink.run())
-        try:
+        async with running(uplink):
             await drained(store, 20)  # the BootNotification's currentTime set the clock
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         boot_time = parse_iso(backend.of_type("result")[0]["result"]["currentTime"])
         start, mv, stop = (backend.calls(m)[0]["params"] for m in ("StartTransaction", "MeterValues", "StopTransaction"))
         times = [parse_iso(start["timestamp"]), parse_iso(mv["meterValue"][0]["timestamp"]), parse_iso(stop["timestamp"])]
@@ -225,12 +210,8 @@ async def test_unrecorded_energy_reaches_the_strict_backend_in_order(tmp_path: P
     await store.reconcile_energy(2, 4000, False, CLOCK)
     async with OcppRpcBackend() as backend:
         uplink = Uplink(INFO, BackendSettings(url=backend.url), OcppSettings(), store, CLOCK, statuses)
-        task = asyncio.create_task(uplink.run())
-        try:
+        async with running(uplink):
             await drained(store, 20)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         order = [c["method"] for c in backend.calls(identity=INFO.identity) if c["method"] not in ("BootNotification", "StatusNotification")]
         assert order == ["StartTransaction", "MeterValues", "StopTransaction", "DataTransfer"]
         record = backend.calls("DataTransfer")[0]["params"]
