@@ -58,10 +58,10 @@ class Daemon:
                 on_first_contact=self.reconcile_energy,
             ))
 
-    async def handle_effects(self, effects: Sequence[Effect]) -> None:
-        """Commit first; only a committed effect is reported to the backend (or acted on)."""
+    async def handle_effects(self, effects: Sequence[Effect]) -> bool:
+        """Commit first; only a committed effect is reported to the backend (or acted on): False while the store refuses."""
         if not effects and not self._pending:
-            return
+            return True
         async with self._commit_lock:
             batch = self._pending + list(effects)
             try:
@@ -70,7 +70,7 @@ class Daemon:
                 if not self._pending:
                     log.error("cannot store events, keeping them in memory: %s", exc)
                 self._pending = batch
-                return
+                return False
             self._pending = []
         for effect in batch:
             if isinstance(effect, StatusChanged):
@@ -84,6 +84,7 @@ class Daemon:
                 log.info("connector %d: session %s stopped (%s), %d Wh", effect.connector_id, effect.transaction.key, effect.reason, used)
         if any(isinstance(e, (TransactionStarted, TransactionStopped)) for e in batch):
             self.uplink.outbox_changed()
+        return True
 
     async def reconcile_energy(self, connector_id: int, energy_wh: int, in_transaction: bool) -> None:
         try:

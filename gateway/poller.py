@@ -24,7 +24,7 @@ from gateway.settings import BusSettings, ConnectorSettings
 
 log = logging.getLogger("gateway.poller")
 
-EffectSink = Callable[[Sequence[Effect]], Awaitable[None]]
+EffectSink = Callable[[Sequence[Effect]], Awaitable[bool]]  # True once every effect so far is committed
 ContactSink = Callable[[int, int, bool], Awaitable[None]]  # connector id, energy register (Wh), session open
 MeterSink = Callable[[int, str, Sequence[dict]], Awaitable[None]]
 
@@ -63,7 +63,9 @@ class ConnectorPoller:
         self._on_first_contact = on_first_contact
         self.timeout_s = bus.request_timeout_s or profile.request_timeout_s
         self.online: bool | None = None  # None until the first poll
-        self.last_reading: Reading | None = None
+        # Whether the store holds an open session for this connector: the slave follows this,
+        # never a state the store refused (full disk), so no EV charges on a session kept only in memory.
+        self._committed_session = connector.transaction is not None
         self._written_limit: float | None = None  # what we last wrote; None = unknown, write again
         self._next_sample: float | None = None
 
@@ -101,13 +103,15 @@ class ConnectorPoller:
                 # accounted for first, ahead of any new session's StartTransaction.
                 await self._on_first_contact(self.settings.id, int(reading.energy_wh), self.connector.transaction is not None)
         self.online = True
-        self.last_reading = reading
         effects = self.connector.on_reading(reading, wall)
         if self.connector.state is State.PREPARING and self.id_tag is not None:
             effects += self.connector.authorize(self.id_tag, wall)
-        await self._on_effects(effects)
+        committed = await self._on_effects(effects)
+        if committed:
+            self._committed_session = self.connector.transaction is not None
         await self._apply_current_limit(reading)
-        await self._sample(reading, wall)
+        if committed:  # a sample refers to its session row, which must exist
+            await self._sample(reading, wall)
 
     async def _lost(self, exc: DeviceError, wall: float) -> None:
         if self.online is not False:
@@ -133,7 +137,7 @@ class ConnectorPoller:
         spec = self.profile.current_limit
         if spec is None:
             return
-        wanted = self.max_current_a if self.connector.state.in_transaction else self.profile.pause_current_a
+        wanted = self.max_current_a if self._committed_session else self.profile.pause_current_a
         applied = reading.applied_limit_a if reading.applied_limit_a is not None else self._written_limit
         if applied is not None and abs(applied - wanted) < 0.05:
             self._written_limit = wanted

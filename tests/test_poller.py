@@ -37,12 +37,14 @@ def line_config(tmp_path: Path) -> Config:
 class Recorder:
     """Collects what the poller hands to the daemon, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, commits: bool = True) -> None:
         self.effects: list[Effect] = []
         self.meter_values: list[tuple[int, str, Sequence[dict]]] = []
+        self.commits = commits  # False: a store whose disk is full
 
-    async def on_effects(self, effects: Sequence[Effect]) -> None:
+    async def on_effects(self, effects: Sequence[Effect]) -> bool:
         self.effects.extend(effects)
+        return self.commits
 
     async def on_meter_values(self, connector_id: int, key: str, entries: Sequence[dict]) -> None:
         self.meter_values.append((connector_id, key, entries))
@@ -99,3 +101,27 @@ async def test_session_on_a_real_line_with_a_dead_neighbour(tmp_path: Path) -> N
     assert [e.status for e in dead.effects if isinstance(e, StatusChanged)] == ["Faulted"]
     assert dead_poller.connector.state is State.FAULTED and live_poller.online
     assert line.stats.timeouts >= 1
+
+
+async def test_no_current_for_a_session_the_store_refused(tmp_path: Path) -> None:
+    """A full disk: the Start exists only in memory, so the box must stay as the last committed state left it."""
+    config = line_config(tmp_path)
+    sim_events: list[dict] = []
+    ready = asyncio.Event()
+    limits: list[int] = []
+    async with asyncio.TaskGroup() as tg:
+        sim = tg.create_task(run_simulation(config, on_event=sim_events.append, ready=ready))
+        await ready.wait()
+        line = SerialLine(config.buses[0])
+        owner = tg.create_task(line.run())
+        refused = Recorder(commits=False)
+        polling = tg.create_task(poller(config, line, config.connectors[0], refused).run())
+        async with asyncio.timeout(30):
+            while not any(isinstance(e, TransactionStarted) for e in refused.effects):
+                await asyncio.sleep(0.1)
+            for _ in range(10):  # a few more polls with the session only in memory
+                limits.append((await line.read(1, Table.HOLDING, LIMIT_REGISTER, 1, timeout_s=1.0))[0])
+                await asyncio.sleep(0.2)
+        for task in (polling, owner, sim):
+            task.cancel()
+    assert set(limits) == {0}, "paused: no current for a session that exists only in memory"
