@@ -8,6 +8,7 @@ at send time (ocpp-gateway-notes.md, field failure 1).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 from gateway.clock import EARLIEST_VALID, Clock
@@ -16,6 +17,11 @@ from gateway.session import TransactionStarted, TransactionStopped
 
 # Measurands we can fill from a Reading, with their OCPP unit (OCPP 1.6 §7.31, §7.43).
 _PHASES = ("L1", "L2", "L3")
+
+
+def new_message_id() -> str:
+    """A CALL's unique id: 12 hex digits, unique enough within one connection and short on a GPRS link."""
+    return uuid.uuid4().hex[:12]
 
 
 def start_transaction(effect: TransactionStarted, clock: Clock) -> dict:

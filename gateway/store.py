@@ -30,7 +30,6 @@ import itertools
 import json
 import logging
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,11 +160,6 @@ async def _open_checked(path: Path) -> aiosqlite.Connection:
         await db.close()
         raise
     return db
-
-
-def _message_id() -> str:
-    # 12 hex digits: unique enough within one connection, and short on a GPRS link.
-    return uuid.uuid4().hex[:12]
 
 
 class Store:
@@ -347,12 +341,12 @@ class Store:
         text = json.dumps(payload, separators=(",", ":"))
         unset = [t for t in _stamps(payload) if t < EARLIEST_VALID]
         if not unset or clock.unset_offset is None:
-            return [("INSERT INTO outbox (action, session_key, payload, message_id) VALUES (?, ?, ?, ?)", (action, session_key, text, _message_id()))]
+            return [("INSERT INTO outbox (action, session_key, payload, message_id) VALUES (?, ?, ?, ?)", (action, session_key, text, ocpp_messages.new_message_id()))]
         boot = clock.boot_id()
         return [
             (
                 "INSERT INTO outbox (action, session_key, payload, message_id, boot, unset_offset) VALUES (?, ?, ?, ?, ?, ?)",
-                (action, session_key, text, _message_id(), boot, clock.unset_offset),
+                (action, session_key, text, ocpp_messages.new_message_id(), boot, clock.unset_offset),
             ),
             (
                 "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS REAL), CAST(excluded.value AS REAL))",

@@ -14,9 +14,7 @@ import asyncio
 import base64
 import logging
 import ssl
-import uuid
 from collections.abc import Callable
-from typing import Any
 
 import websockets
 from ocpp.exceptions import OCPPError
@@ -137,7 +135,7 @@ class Uplink:
                 log.debug("uplink still down (%s); next try in %.1f s", problem, delay)
             await asyncio.sleep(delay)
 
-    def _connect(self) -> Any:
+    def _connect(self) -> connect:
         headers: dict[str, str] = {}
         if self.backend.password_file is not None:
             password = self.backend.password_file.read_text().strip()
@@ -156,8 +154,7 @@ class Uplink:
 
     async def _serve_one_connection(self) -> None:
         try:
-            ws_cm = self._connect()
-            ws: ClientConnection = await ws_cm
+            ws: ClientConnection = await self._connect()
         except websockets.exceptions.InvalidStatus as exc:
             code = exc.response.status_code
             if code in (401, 403, 404):
@@ -194,7 +191,7 @@ class Uplink:
 
     async def _call(self, link: _Link, action: str, payload: dict, message_id: str | None = None) -> dict:
         """One CALL; returns the CALLRESULT payload (camelCase), raises OCPPError on a CALLERROR, TimeoutError without answer."""
-        return await link.call_wire(action, payload, message_id or uuid.uuid4().hex[:12])
+        return await link.call_wire(action, payload, message_id or ocpp_messages.new_message_id())
 
     async def _boot(self, link: _Link) -> None:
         """BootNotification until Accepted; on Pending/Rejected wait the interval the backend gave (OCPP 1.6 §4.2)."""
@@ -227,13 +224,14 @@ class Uplink:
         """Connector 0 and every connector right after boot, then each change as it happens."""
         while not self._status_queue.empty():
             self._status_queue.get_nowait()  # superseded by the full round below
-        now = self.clock.wall()
-        await self._call(link, "StatusNotification", ocpp_messages.status_notification(0, "Available", "NoError", None, now, self.clock))
-        for s in self._statuses():
-            await self._call(link, "StatusNotification", ocpp_messages.status_notification(s.connector_id, s.status, s.error_code, s.info, s.wall, self.clock))
+        for s in [StatusChanged(0, "Available", "NoError", None, self.clock.wall()), *self._statuses()]:
+            await self._send_status(link, s)
         while True:
-            s = await self._status_queue.get()
-            await self._call(link, "StatusNotification", ocpp_messages.status_notification(s.connector_id, s.status, s.error_code, s.info, s.wall, self.clock))
+            await self._send_status(link, await self._status_queue.get())
+
+    async def _send_status(self, link: _Link, s: StatusChanged) -> None:
+        payload = ocpp_messages.status_notification(s.connector_id, s.status, s.error_code, s.info, s.wall, self.clock)
+        await self._call(link, "StatusNotification", payload)
 
     async def _drain(self, link: _Link) -> None:
         """Send the outbox head, wait for its answer, drop it; strictly one in flight, in order."""
