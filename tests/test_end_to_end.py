@@ -8,55 +8,25 @@ and ocpp-rpc must report zero schema violations in either direction.
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.killing import read_events, spawn_gateway, terminate
+from tests.kill_judge import IDENTITY
+from tests.killing import Scenario, read_events, spawn_gateway, terminate, write_config
 from tests.ocpp_rpc_peer import OcppRpcBackend
 
 pytestmark = pytest.mark.interop
 
-IDENTITY = "CP-E2E-01"
 SESSIONS_WANTED = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cluster_config(tmp_path: Path, backend_url: str) -> Path:
-    tcp_ports = [free_port(), free_port()]
-    config = {
-        "charge_point": {"identity": IDENTITY, "vendor": "OpenGateway", "model": "Cluster", "serial_number": "E2E-1"},
-        "backend": {"url": backend_url},
-        "buses": [
-            {"name": "rs485-1", "kind": "rtu", "port": str(tmp_path / "ttyRS485-1"), "baudrate": 19200, "parity": "N", "stopbits": 1, "poll_interval_s": 1.0},
-            {"name": "lan", "kind": "tcp", "poll_interval_s": 1.0},
-        ],
-        "connectors": [
-            {"id": 1, "bus": "rs485-1", "unit": 1, "profile": "heidelberg-energy-control"},
-            {"id": 2, "bus": "rs485-1", "unit": 2, "profile": "heidelberg-energy-control"},
-            {"id": 3, "bus": "lan", "host": "127.0.0.1", "port": tcp_ports[0], "unit": 1, "profile": "heidelberg-energy-control"},
-            {"id": 4, "bus": "lan", "host": "127.0.0.1", "port": tcp_ports[1], "unit": 1, "profile": "heidelberg-energy-control"},
-        ],
-        "storage": {"path": str(tmp_path / "gateway.db")},
-        "authorization": {"free_charging_id_tag": "E2E-FREE"},
-        "ocpp": {"meter_value_sample_interval_s": 2},
-        "simulator": {"speed": 60, "seed": 11, "wire_delay": True, "idle_s": [180, 400], "session_kwh": [0.5, 1.5]},
-    }
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+# The kill harness's busy cluster (2 RTU slaves on one pty line, 2 TCP slaves), with no kills:
+# EVs arrive 3 to 7 s after the simulator starts, and meter values go every 2 s.
+CLUSTER = Scenario(kills=0, seed=11, speed=60.0, idle_s=(180.0, 400.0), session_kwh=(0.5, 1.5), sample_interval_s=2)
 
 
 async def test_every_simulated_session_reaches_the_strict_backend_once(tmp_path: Path) -> None:
     async with OcppRpcBackend() as backend:
-        config = cluster_config(tmp_path, backend.url)
+        config = write_config(tmp_path, backend.url, CLUSTER)
         events_file = tmp_path / "sim-events.jsonl"
         # The daemon must pause every slave before the first EV arrives (3 s or more after the simulator
         # starts), or that EV would charge before authorization and meterStart would differ from the
