@@ -88,6 +88,14 @@ async def test_attempts_are_counted_and_kept(tmp_path: Path) -> None:
     await store.close()
 
 
+async def started(store: Store, key: str = "s1", started_wall: float = T0) -> None:
+    """A session on connector 1 whose StartTransaction the backend has answered (transactionId 1)."""
+    await store.commit([TransactionStarted(1, Transaction(key, "T", 0, started_wall))], CLOCK)
+    start = await store.next_to_send()
+    assert start is not None and start.action == "StartTransaction"
+    await store.acknowledge(start, {"transactionId": 1})
+
+
 def sample(value: int) -> list[dict]:
     return [{"timestamp": CLOCK.utc_iso(T0 + value), "sampledValue": [{"value": str(value)}]}]
 
@@ -126,11 +134,7 @@ async def test_meter_values_of_one_transaction_are_batched_in_order(tmp_path: Pa
 async def test_a_frozen_message_never_changes(tmp_path: Path) -> None:
     db = tmp_path / "gw.db"
     store = await Store.open(db)
-    tx = Transaction("s1", "T", 0, T0)
-    await store.commit([TransactionStarted(1, tx)], CLOCK)
-    m = await store.next_to_send()
-    assert m is not None
-    await store.acknowledge(m, {"transactionId": 5})
+    await started(store)
     await store.queue_meter_values(1, "s1", sample(1), CLOCK)
     first = await store.next_to_send(batch_max=60)  # sent, then the daemon is killed before the answer
     await store.queue_meter_values(1, "s1", sample(2), CLOCK)  # the session goes on after the restart
@@ -146,11 +150,7 @@ async def test_a_frozen_message_never_changes(tmp_path: Path) -> None:
 
 async def test_dropped_meter_values_and_alarms_leave_a_trace(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "gw.db")
-    tx = Transaction("s1", "T", 0, T0)
-    await store.commit([TransactionStarted(1, tx)], CLOCK)
-    m = await store.next_to_send()
-    assert m is not None
-    await store.acknowledge(m, {"transactionId": 5})
+    await started(store)
     await store.queue_meter_values(1, "s1", sample(1), CLOCK)
     mv = await store.next_to_send()
     assert mv is not None
@@ -166,11 +166,7 @@ async def test_dropped_meter_values_and_alarms_leave_a_trace(tmp_path: Path) -> 
 async def test_concurrent_writers_share_one_connection(tmp_path: Path) -> None:
     """Pollers commit while the uplink freezes and acknowledges: no interleaved transactions, nothing lost."""
     store = await Store.open(tmp_path / "gw.db")
-    tx = Transaction("s1", "T", 0, T0)
-    await store.commit([TransactionStarted(1, tx)], CLOCK)
-    m = await store.next_to_send()
-    assert m is not None
-    await store.acknowledge(m, {"transactionId": 1})
+    await started(store)
 
     async def poller() -> None:
         for v in range(200):
@@ -286,10 +282,7 @@ async def test_stamps_from_an_unset_clock_are_fixed_before_sending(tmp_path: Pat
 async def test_unset_stamps_of_merged_samples_are_fixed_each(tmp_path: Path) -> None:
     clock = HandClock()
     store = await Store.open(tmp_path / "gw.db", clock)
-    await store.commit([TransactionStarted(1, Transaction("s1", "T", 0, NTP_LIKE))], CLOCK)
-    m = await store.next_to_send()
-    assert m is not None
-    await store.acknowledge(m, {"transactionId": 1})
+    await started(store, started_wall=NTP_LIKE)
     for _ in range(3):
         await store.queue_meter_values(1, "s1", [{"timestamp": clock.utc_iso(clock.wall()), "sampledValue": [{"value": "1"}]}], clock)
         clock.advance(60)
