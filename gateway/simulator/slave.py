@@ -181,10 +181,6 @@ class SimSlave:
             return 0.0
         return min(amperes, self.profile.max_current_a)
 
-    def energy_register_wh(self) -> int | None:
-        """What the energy register reads now, in Wh (the value the daemon will see), or None without one."""
-        return self._energy_register(self.ev.energy_wh)
-
     def _energy_register(self, energy_wh: float) -> int | None:
         spec = self.profile.values.get("energy")
         if spec is None:
