@@ -199,6 +199,7 @@ _CONFIG = Field(
                         "speed": Field(float, above=0),
                         "seed": Field(int),
                         "wire_delay": Field(bool),
+                        "turnaround": Field(bool),
                         "idle_s": Field(ListOf(Field(float, min=0)), check=_low_high),
                         "session_kwh": Field(ListOf(Field(float, above=0)), check=_low_high),
                     },

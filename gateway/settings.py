@@ -87,6 +87,10 @@ class SimulatorSettings:
     speed: float = 1.0  # simulated seconds per real second for EV behaviour
     seed: int | None = None
     wire_delay: bool = True  # delay each RTU reply by its wire time at the line's baud rate
+    # A box does not hear a request sent sooner than its profile's inter_frame_delay after the last
+    # reply on the line (its transceiver is still turning around): the field failure of evcc#2227.
+    # Off by default, so that generic Modbus tools (mbpoll, pymodbus clients) can talk to the simulator.
+    turnaround: bool = False
     idle_s: tuple[float, float] = (300.0, 3600.0)  # simulated time between unplug and next plug-in
     session_kwh: tuple[float, float] = (3.0, 30.0)  # energy each EV wants
 

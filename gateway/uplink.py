@@ -187,7 +187,7 @@ class Uplink:
         # lost, so the message is resent after the reconnect, identical (same id): a duplicate the backend can spot.
         except* (websockets.exceptions.ConnectionClosed, UplinkError, TimeoutError, OCPPError, StoreError) as group:
             first = group.exceptions[0]
-            raise UplinkError(f"{type(first).__name__}: {first}") from None
+            raise UplinkError(f"{type(first).__name__}: {first or 'no answer in time'}") from None
 
     async def _call(self, link: _Link, action: str, payload: dict, message_id: str | None = None) -> dict:
         """One CALL; returns the CALLRESULT payload (camelCase), raises OCPPError on a CALLERROR, TimeoutError without answer."""

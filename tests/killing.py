@@ -40,7 +40,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,7 +197,7 @@ def write_config(workdir: Path, backend_url: str, scenario: Scenario) -> Path:
         "authorization": {"free_charging_id_tag": "KILL-FREE"},
         "ocpp": {"meter_value_sample_interval_s": scenario.sample_interval_s},
         "simulator": {
-            "speed": scenario.speed, "seed": scenario.seed, "wire_delay": True,
+            "speed": scenario.speed, "seed": scenario.seed, "wire_delay": True, "turnaround": True,
             "idle_s": list(scenario.idle_s), "session_kwh": list(scenario.session_kwh),
         },
     }
@@ -206,12 +206,14 @@ def write_config(workdir: Path, backend_url: str, scenario: Scenario) -> Path:
     return path
 
 
-async def spawn_gateway(*args: str, log: Path) -> asyncio.subprocess.Process:
-    """`python -m gateway ARGS` as a real process, its output to `log`."""
+async def spawn_gateway(
+    *args: str, log: Path, prefix: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """`python -m gateway ARGS` as a real process, its output to `log`; `prefix` wraps it (e.g. faketime)."""
     with log.open("wb") as out:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", *args, cwd=REPO,
-            stdout=out, stderr=asyncio.subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            *prefix, sys.executable, "-m", "gateway", *args, cwd=REPO,
+            stdout=out, stderr=asyncio.subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
         )
 
 

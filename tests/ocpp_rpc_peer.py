@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -200,6 +201,7 @@ class OcppRpcBackend:
                 record = {"type": "stdout", "text": text}
             if not isinstance(record, dict) or "type" not in record:
                 record = {"type": "stdout", "text": text}
+            record["received"] = time.monotonic()  # when this side read it: spacing of calls, not wall time
             async with self._changed:
                 self.records.append(record)
                 self._changed.notify_all()

@@ -133,7 +133,9 @@ async def run_simulation(
             ready.set()
         async with asyncio.TaskGroup() as group:
             for bus, link in zip(serial_buses, links, strict=True):
-                group.create_task(serve_line(bus, link, lines[bus.name], wire_delay=wire_delay), name=f"line {bus.name}")
+                group.create_task(
+                    serve_line(bus, link, lines[bus.name], wire_delay=wire_delay, turnaround=settings.turnaround), name=f"line {bus.name}"
+                )
             for server in servers:
                 group.create_task(server.serve(), name=f"tcp {server.address}")
             group.create_task(_tick(everyone), name="simulator clock")

@@ -133,8 +133,16 @@ class PtyLink:
                 pass  # already closed
 
 
-async def serve_line(bus: BusSettings, link: PtyLink, slaves: Mapping[int, SimSlave], *, wire_delay: bool) -> None:
-    """Answer the master on one line until cancelled. `slaves` maps unit id -> slave."""
+async def serve_line(
+    bus: BusSettings, link: PtyLink, slaves: Mapping[int, SimSlave], *, wire_delay: bool, turnaround: bool = False
+) -> None:
+    """Answer the master on one line until cancelled. `slaves` maps unit id -> slave.
+
+    With `turnaround`, a request that starts sooner than the addressed slave's
+    inter-frame delay (from its profile) after the last reply on the line goes
+    unheard: the boxes need that pause to turn their RS-485 transceivers round
+    (evcc#2227, wbec#5). A master that does not keep the profile's gap times out.
+    """
     if bus.kind is Framing.ASCII:
         framer: FramerBase = FramerAscii(DecodePDU(is_server=True))
         gap_s = _ASCII_GAP_S
@@ -168,12 +176,17 @@ async def serve_line(bus: BusSettings, link: PtyLink, slaves: Mapping[int, SimSl
         chunks.put_nowait((time.monotonic(), data))
 
     loop.add_reader(link.master_fd, on_readable)
+    quiet_since = float("-inf")  # when the last reply was complete on the line
     try:
         while True:
             at, data = await chunks.get()
             if failure:
                 raise SimulatorError(f"line {bus.name}: reading the pty failed: {failure[0]}")
             for frame in assembler.feed(data, at):
+                addressee = slaves.get(frame.unit)
+                if turnaround and addressee is not None and frame.at - quiet_since < addressee.profile.inter_frame_delay_s:
+                    log.debug("line %s: unit %d did not hear a request %.1f ms after the last reply", bus.name, frame.unit, 1e3 * (frame.at - quiet_since))
+                    continue
                 reply = respond_to_frame(slaves, framer.decoder, frame.unit, 0, frame.pdu, time.monotonic())
                 if reply is None:
                     continue
@@ -183,6 +196,7 @@ async def serve_line(bus: BusSettings, link: PtyLink, slaves: Mapping[int, SimSl
                     # complete only after both frames and their silences have passed.
                     await asyncio.sleep(max(0.0, frame.at + wire_s(frame.wire_size, len(out)) - time.monotonic()))
                 _write(link, bus.name, out)
+                quiet_since = time.monotonic()
     finally:
         loop.remove_reader(link.master_fd)
 
