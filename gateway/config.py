@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ocpp.v16.enums import Measurand
-
 from gateway.devprofile import (
     BAUDRATES,
     BYTESIZES,
@@ -31,6 +29,7 @@ from gateway.devprofile import (
     load_profile,
 )
 from gateway.errors import ConfigError, ConfigIssue
+from gateway.ocpp_config import MEASURANDS
 from gateway.settings import (
     AuthorizationSettings,
     BackendSettings,
@@ -184,11 +183,12 @@ _CONFIG = Field(
                         "heartbeat_interval_s": Field(int, min=1),
                         "meter_value_sample_interval_s": Field(int, min=0),  # 0 = no sampled values
                         "meter_values_sampled_data": Field(
-                            ListOf(Field(str, choices=tuple(m.value for m in Measurand)))
+                            ListOf(Field(str, choices=MEASURANDS))  # what the slaves' readings can supply
                         ),
                         "transaction_message_attempts": Field(int, min=1),
                         "transaction_message_retry_interval_s": Field(int, min=1),
                         "meter_values_batch_max": Field(int, min=1, max=1000),
+                        "hard_reset_command": Field(ListOf(Field(str, min=1))),
                     },
                 )
             ),
@@ -542,7 +542,9 @@ def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], sourc
         connectors=tuple(ConnectorSettings(**c) for c in data["connectors"]),
         storage=StorageSettings(path=_resolve(base, data["storage"]["path"]), outbox_budget_mb=data["storage"]["outbox_budget_mb"]),
         authorization=AuthorizationSettings(**data["authorization"]),
-        ocpp=OcppSettings(**(ocpp | {"meter_values_sampled_data": tuple(ocpp["meter_values_sampled_data"])})),
+        ocpp=OcppSettings(
+            **(ocpp | {"meter_values_sampled_data": tuple(ocpp["meter_values_sampled_data"]), "hard_reset_command": tuple(ocpp["hard_reset_command"])})
+        ),
         simulator=SimulatorSettings(
             **(simulator | {"idle_s": tuple(simulator["idle_s"]), "session_kwh": tuple(simulator["session_kwh"])})
         ),

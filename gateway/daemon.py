@@ -7,17 +7,42 @@ takes the daemon down, so systemd restarts it cleanly instead of it limping on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
+from gateway.charging_profiles import ChargingProfile, TxContext
 from gateway.clock import Clock
+from gateway.control import Control
 from gateway.errors import StoreError
 from gateway.modbus_line import build_lines, line_key
 from gateway.poller import ConnectorPoller
+from gateway.reading import Reading
 from gateway.session import Connector, Effect, State, StatusChanged, TransactionStarted, TransactionStopped
-from gateway.settings import Config
+from gateway.settings import Config, ConnectorSettings
 from gateway.store import Store
 from gateway.uplink import Uplink
+
+RESET_GRACE_S = 1.0  # the Reset.conf goes out before the transactions are stopped and the daemon restarts
+
+
+class ResetRequested(Exception):
+    """The backend asked for a Reset; run_daemon restarts the process (soft) or runs the reboot command (hard)."""
+
+    def __init__(self, hard: bool) -> None:
+        super().__init__("hard reset" if hard else "soft reset")
+        self.hard = hard
+
+
+@dataclasses.dataclass
+class _RemoteStart:
+    id_tag: str
+    deadline: float  # monotonic: ConnectionTimeOut after the RemoteStartTransaction
+    profile: ChargingProfile | None
 
 log = logging.getLogger("gateway.daemon")
 
@@ -31,24 +56,36 @@ class Daemon:
         self.statuses: dict[int, StatusChanged] = {}
         self._pending: list[Effect] = []  # effects not yet committed (the disk refused them)
         self._commit_lock = asyncio.Lock()
+        self.control = Control(config, store, clock)
+        self.control.cluster = self
         self.uplink = Uplink(
             config.charge_point, config.backend, config.ocpp, store, clock,
             statuses=lambda: [self.statuses[c] for c in sorted(self.statuses)],
+            handlers=self.control.handlers(),
+            readings=self._readings,
         )
         self.lines = build_lines(config)
         self.pollers: list[ConnectorPoller] = []
+        self._remote_starts: dict[int, _RemoteStart] = {}
+        self._reset = asyncio.Event()
+        self._reset_hard = False
 
     async def recover(self) -> None:
         """Rebuild connectors; sessions still open in the store are resumed, and the next poll reconciles them."""
+        await self.control.load()
         open_tx = await self.store.open_sessions()
         wall = self.clock.wall()
+        now = datetime.fromtimestamp(wall, UTC)
         for c in self.config.connectors:
             tx = open_tx.get(c.id)
-            connector = Connector(c.id, State.SUSPENDED_EVSE if tx else State.AVAILABLE, tx)
+            connector = Connector(
+                c.id, State.SUSPENDED_EVSE if tx else State.AVAILABLE, tx,
+                operative=self.control.operative(c.id), reserved=self.control.reservations.is_reserved(c.id, now),
+            )
             if tx:
                 log.info("connector %d: resuming session %s", c.id, tx.key)
             self.connectors[c.id] = connector
-            self.statuses[c.id] = StatusChanged(c.id, connector.state.ocpp_status, "NoError", None, wall)
+            self.statuses[c.id] = StatusChanged(c.id, connector.status, "NoError", None, wall)
             self.pollers.append(ConnectorPoller(
                 c, self.config.bus(c.bus), self.config.profile_of(c), self.lines[line_key(self.config, c)],
                 connector, self.clock, self.handle_effects, self.queue_meter_values,
@@ -56,6 +93,8 @@ class Daemon:
                 measurands=self.config.ocpp.meter_values_sampled_data,
                 sample_interval_s=self.config.ocpp.meter_value_sample_interval_s,
                 on_first_contact=self.reconcile_energy,
+                start_policy=self._start_policy,
+                limit_source=self._limit,
             ))
 
     async def handle_effects(self, effects: Sequence[Effect]) -> bool:
@@ -84,7 +123,108 @@ class Daemon:
                 log.info("connector %d: session %s stopped (%s), %d Wh", effect.connector_id, effect.transaction.key, effect.reason, used)
         if any(isinstance(e, (TransactionStarted, TransactionStopped)) for e in batch):
             self.uplink.outbox_changed()
+        for effect in batch:
+            if isinstance(effect, TransactionStarted):
+                await self._started(effect)
+            elif isinstance(effect, TransactionStopped):
+                await self.control.transaction_ended(effect.connector_id)
         return True
+
+    async def _started(self, effect: TransactionStarted) -> None:
+        remote = self._remote_starts.pop(effect.connector_id, None)
+        if effect.transaction.reservation_id is not None:
+            self.control.reservations.consume(effect.connector_id)
+            await self.control.apply_reservations()
+        if remote is not None and remote.profile is not None and remote.id_tag == effect.transaction.id_tag:
+            await self.control.install_tx_profile(effect.connector_id, remote.profile)
+
+    # --- what the backend's commands need (gateway.control.Cluster) -----------------------
+
+    def _start_policy(self, connector_id: int) -> tuple[str, int | None] | None:
+        """The idTag that opens a transaction on a plugged EV: a pending remote start, else free charging."""
+        remote = self._remote_starts.get(connector_id)
+        if remote is not None and self.clock.monotonic() > remote.deadline:
+            del self._remote_starts[connector_id]  # ConnectionTimeOut: no EV came
+            remote = None
+        candidates = [remote.id_tag] if remote else []
+        settings = self._settings(connector_id)
+        if free := settings.id_tag or self.config.authorization.free_charging_id_tag:
+            candidates.append(free)
+        reservation = self.control.reservations.reservation_for(connector_id)
+        now = datetime.fromtimestamp(self.clock.wall(), UTC)
+        for tag in candidates:
+            if reservation is None or not self.control.reservations.is_reserved(connector_id, now):
+                return tag, None
+            if self.control.reservations.may_start(connector_id, tag, None, now):
+                return tag, reservation.reservation_id
+        return None
+
+    async def _limit(self, connector_id: int) -> float | None:
+        return await self.control.limit_a(connector_id, self.config.profile_of(self._settings(connector_id)).phases)
+
+    def _settings(self, connector_id: int) -> ConnectorSettings:
+        return next(c for c in self.config.connectors if c.id == connector_id)
+
+    def _readings(self) -> dict[int, Reading]:
+        return {p.settings.id: p.last_reading for p in self.pollers if p.last_reading is not None}
+
+    async def transaction_context(self, connector_id: int) -> TxContext | None:
+        tx = self.connectors[connector_id].transaction
+        if tx is None:
+            return None
+        return TxContext(datetime.fromtimestamp(tx.started_wall, UTC), await self.store.transaction_id(tx.key))
+
+    def request_remote_start(self, connector_id: int, id_tag: str, profile: ChargingProfile | None) -> None:
+        timeout = self.control.configuration.int_value("ConnectionTimeOut")
+        self._remote_starts[connector_id] = _RemoteStart(id_tag, self.clock.monotonic() + timeout, profile)
+
+    async def stop_transaction(self, transaction_id: int, reason: str) -> bool:
+        key = await self.store.session_key(transaction_id)
+        for connector in self.connectors.values():
+            if key is not None and connector.transaction is not None and connector.transaction.key == key:
+                return await self.handle_effects(connector.stop(reason, self.clock.wall()))
+        return False
+
+    def request_reset(self, hard: bool) -> None:
+        self._reset_hard = hard
+        self._reset.set()
+
+    def trigger(self, message: str, connector_id: int | None) -> None:
+        self.uplink.trigger(message, connector_id)
+
+    def settings_changed(self) -> None:
+        """Configuration keys the backend changed take effect now (ping interval: at the next connection)."""
+        cfg = self.control.configuration
+        self.uplink.heartbeat_interval_s = cfg.int_value("HeartbeatInterval") or self.uplink.heartbeat_interval_s
+        self.uplink.ocpp = dataclasses.replace(
+            self.uplink.ocpp,
+            transaction_message_attempts=cfg.int_value("TransactionMessageAttempts"),
+            transaction_message_retry_interval_s=cfg.int_value("TransactionMessageRetryInterval"),
+            meter_values_sampled_data=tuple(cfg.csl_value("MeterValuesSampledData")),
+        )
+        self.uplink.backend = dataclasses.replace(self.uplink.backend, ping_interval_s=cfg.int_value("WebSocketPingInterval"))
+        for poller in self.pollers:
+            poller.sample_interval_s = cfg.int_value("MeterValueSampleInterval")
+            poller.measurands = tuple(cfg.csl_value("MeterValuesSampledData"))
+
+    async def _reset_when_asked(self) -> None:
+        """Reset.req (OCPP 1.6 §5.12): stop every transaction with reason Soft/HardReset, then restart."""
+        await self._reset.wait()
+        await asyncio.sleep(RESET_GRACE_S)
+        reason = "HardReset" if self._reset_hard else "SoftReset"
+        wall = self.clock.wall()
+        effects: list[Effect] = []
+        for connector in self.connectors.values():
+            if connector.transaction is not None:
+                effects += connector.stop(reason, wall)
+        await self.handle_effects(effects)
+        raise ResetRequested(self._reset_hard)
+
+    async def _housekeeping(self) -> None:
+        """Once a second: reservations that expired go (§5.13)."""
+        while True:
+            await asyncio.sleep(1.0)
+            await self.control.apply_reservations()
 
     async def reconcile_energy(self, connector_id: int, energy_wh: int, in_transaction: bool) -> None:
         try:
@@ -108,6 +248,8 @@ class Daemon:
             for poller in self.pollers:
                 tg.create_task(poller.run(), name=f"connector {poller.settings.id}")
             tg.create_task(self.uplink.run(), name="uplink")
+            tg.create_task(self._reset_when_asked(), name="reset")
+            tg.create_task(self._housekeeping(), name="housekeeping")
 
 
 async def run_daemon(config: Config, clock: Clock | None = None) -> None:
@@ -122,5 +264,21 @@ async def run_daemon(config: Config, clock: Clock | None = None) -> None:
             config.charge_point.identity, len(daemon.connectors), len(daemon.lines), await store.pending(),
         )
         await daemon.run()
+    except* ResetRequested as group:
+        reset = group.exceptions[0]
+        assert isinstance(reset, ResetRequested)
+        hard = reset.hard
+    else:
+        return
     finally:
         await store.close()
+    _restart(config, hard)
+
+
+def _restart(config: Config, hard: bool) -> None:
+    """After a Reset: the hard one runs the configured reboot command; both then start this process afresh."""
+    if hard and config.ocpp.hard_reset_command:
+        logging.getLogger("gateway.daemon").warning("hard reset: running %s", " ".join(config.ocpp.hard_reset_command))
+        subprocess.run(config.ocpp.hard_reset_command, check=False)
+    logging.getLogger("gateway.daemon").warning("%s reset: restarting", "hard" if hard else "soft")
+    os.execv(sys.executable, [sys.executable, "-m", "gateway", *sys.argv[1:]])

@@ -26,12 +26,15 @@ def new_message_id() -> str:
 
 def start_transaction(effect: TransactionStarted, clock: Clock) -> dict:
     tx = effect.transaction
-    return {
+    payload: dict = {
         "connectorId": effect.connector_id,
         "idTag": tx.id_tag,
         "meterStart": tx.meter_start_wh,
         "timestamp": clock.utc_iso(tx.started_wall),
     }
+    if tx.reservation_id is not None:
+        payload["reservationId"] = tx.reservation_id
+    return payload
 
 
 def stop_transaction(effect: TransactionStopped, clock: Clock) -> dict:
@@ -74,6 +77,8 @@ def sampled_values(reading: Reading, measurands: Sequence[str], context: str = "
         elif measurand == "Voltage":
             for phase, volts in zip(_PHASES, reading.voltage_v, strict=True):
                 add(measurand, volts, "V", f"{phase}-N")
+        elif measurand == "Current.Offered":  # the limit the box applies, where it can be read back
+            add(measurand, reading.applied_limit_a, "A")
     return out
 
 

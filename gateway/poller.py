@@ -19,7 +19,7 @@ from gateway.devprofile import Profile
 from gateway.errors import DeviceError
 from gateway.modbus_line import ModbusLine, Priority
 from gateway.reading import Reading
-from gateway.session import Connector, Effect, State
+from gateway.session import Connector, Effect
 from gateway.settings import BusSettings, ConnectorSettings
 
 log = logging.getLogger("gateway.poller")
@@ -27,6 +27,9 @@ log = logging.getLogger("gateway.poller")
 EffectSink = Callable[[Sequence[Effect]], Awaitable[bool]]  # True once every effect so far is committed
 ContactSink = Callable[[int, int, bool], Awaitable[None]]  # connector id, energy register (Wh), session open
 MeterSink = Callable[[int, str, Sequence[dict]], Awaitable[None]]
+# Who may start a transaction on a plugged, operative connector: (idTag, reservationId) or None (nobody yet).
+StartPolicy = Callable[[int], tuple[str, int | None] | None]
+LimitSource = Callable[[int], Awaitable[float | None]]  # connector id -> current limit in A (smart charging), None: none
 
 # A slave that stopped answering is asked again this many poll periods later, so a
 # dead unit costs the line one timeout per few cycles instead of one per cycle.
@@ -48,6 +51,8 @@ class ConnectorPoller:
         measurands: Sequence[str],
         sample_interval_s: float,
         on_first_contact: ContactSink | None = None,
+        start_policy: StartPolicy | None = None,
+        limit_source: LimitSource | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
@@ -61,6 +66,9 @@ class ConnectorPoller:
         self.measurands = tuple(measurands)
         self.sample_interval_s = sample_interval_s
         self._on_first_contact = on_first_contact
+        self._start_policy = start_policy
+        self._limit_source = limit_source
+        self.last_reading: Reading | None = None  # for TriggerMessage MeterValues
         self.timeout_s = bus.request_timeout_s or profile.request_timeout_s
         self.online: bool | None = None  # None until the first poll
         # Whether the store holds an open session for this connector: the slave follows this,
@@ -103,9 +111,12 @@ class ConnectorPoller:
                 # accounted for first, ahead of any new session's StartTransaction.
                 await self._on_first_contact(self.settings.id, int(reading.energy_wh), self.connector.transaction is not None)
         self.online = True
+        self.last_reading = reading
         effects = self.connector.on_reading(reading, wall)
-        if self.connector.state is State.PREPARING and self.id_tag is not None:
-            effects += self.connector.authorize(self.id_tag, wall)
+        if self.connector.can_start:
+            start = self._start_policy(self.settings.id) if self._start_policy else (self.id_tag, None) if self.id_tag else None
+            if start is not None:
+                effects += self.connector.authorize(start[0], wall, reservation_id=start[1])
         committed = await self._on_effects(effects)
         if committed:
             self._committed_session = self.connector.transaction is not None
@@ -137,7 +148,12 @@ class ConnectorPoller:
         spec = self.profile.current_limit
         if spec is None:
             return
-        wanted = self.max_current_a if self._committed_session else self.profile.pause_current_a
+        wanted = self.profile.pause_current_a
+        if self._committed_session:
+            limit = await self._limit_source(self.settings.id) if self._limit_source else None
+            wanted = self.max_current_a if limit is None else min(self.max_current_a, limit)
+            if wanted < self.profile.min_current_a:  # IEC 61851-1: below 6 A the EV must pause, not trickle
+                wanted = self.profile.pause_current_a
         applied = reading.applied_limit_a if reading.applied_limit_a is not None else self._written_limit
         if applied is not None and abs(applied - wanted) < 0.05:
             self._written_limit = wanted

@@ -8,6 +8,11 @@ IllegalTransition and changes nothing (the h11 pattern).
 Internal states are one step richer than OCPP statuses: Faulted exists with and
 without an open transaction, so that a fault in the middle of a session does
 not lose it (OCPP 1.6 §4.9: a fault does not end a transaction; unplugging does).
+
+Two settings of the backend lie over the plug state and change only the status
+reported (`reported_status`): a connector made Inoperative by ChangeAvailability
+reports Unavailable outside a transaction (§5.2), and a reserved connector that
+is free reports Reserved (§5.13). Faulted shows through both.
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ class Transaction:
     id_tag: str
     meter_start_wh: int
     started_wall: float
+    reservation_id: int | None = None  # the reservation this transaction uses (StartTransaction.req)
 
 
 @dataclass(frozen=True)
@@ -160,18 +166,62 @@ class TransactionStopped:
 Effect = StatusChanged | TransactionStarted | TransactionStopped
 
 
+def reported_status(state: State, operative: bool, reserved: bool) -> str:
+    """The OCPP ChargePointStatus of a connector: the plug state, with availability and reservation over it."""
+    if state in (State.FAULTED, State.FAULTED_TX):
+        return "Faulted"
+    if not operative and not state.in_transaction:
+        return "Unavailable"
+    if reserved and state is State.AVAILABLE:
+        return "Reserved"
+    return state.ocpp_status
+
+
 class Connector:
     """One OCPP connector: feeds events through TRANSITIONS and reports effects."""
 
-    def __init__(self, connector_id: int, state: State = State.AVAILABLE, transaction: Transaction | None = None) -> None:
+    def __init__(
+        self,
+        connector_id: int,
+        state: State = State.AVAILABLE,
+        transaction: Transaction | None = None,
+        *,
+        operative: bool = True,
+        reserved: bool = False,
+    ) -> None:
         if state.in_transaction != (transaction is not None):
             raise ValueError(f"state {state.name} and transaction {transaction} disagree")
         self.id = connector_id
         self.state = state
         self.transaction = transaction
+        self.operative = operative  # ChangeAvailability: Operative / Inoperative
+        self.reserved = reserved  # a ReserveNow holds it
         self.error_code = "NoError"
         self.info: str | None = None
         self.last_energy_wh: int | None = None
+
+    @property
+    def status(self) -> str:
+        return reported_status(self.state, self.operative, self.reserved)
+
+    @property
+    def can_start(self) -> bool:
+        """An idTag may open a transaction now: an EV is plugged in, and the connector is operative."""
+        return self.state is State.PREPARING and self.operative
+
+    def set_operative(self, operative: bool, wall: float) -> list[Effect]:
+        return self._overlay(wall, operative=operative)
+
+    def set_reserved(self, reserved: bool, wall: float) -> list[Effect]:
+        return self._overlay(wall, reserved=reserved)
+
+    def _overlay(self, wall: float, **changes: bool) -> list[Effect]:
+        before = self.status
+        self.operative = changes.get("operative", self.operative)
+        self.reserved = changes.get("reserved", self.reserved)
+        if self.status == before:
+            return []
+        return [StatusChanged(self.id, self.status, self.error_code, self.info, wall)]
 
     def on_reading(self, reading: Reading, wall: float) -> list[Effect]:
         """A successful poll. Faults carry the vendor state in `info`."""
@@ -190,11 +240,13 @@ class Connector:
         """The slave stopped answering: Faulted, but an open transaction stays open until the EV is seen leaving."""
         return self._fault("OtherError", f"slave not answering: {why}", wall)
 
-    def authorize(self, id_tag: str, wall: float, key: str | None = None) -> list[Effect]:
+    def authorize(self, id_tag: str, wall: float, key: str | None = None, reservation_id: int | None = None) -> list[Effect]:
         """Open a transaction for the plugged EV; meterStart is the last energy register read."""
         if self.last_energy_wh is None:
             raise IllegalTransition(f"connector {self.id}: no energy reading yet to start a transaction from")
-        tx = Transaction(key or uuid.uuid4().hex, id_tag, self.last_energy_wh, wall)
+        if not self.operative:
+            raise IllegalTransition(f"connector {self.id}: inoperative, no transaction can start")
+        tx = Transaction(key or uuid.uuid4().hex, id_tag, self.last_energy_wh, wall, reservation_id)
         return self._apply(Event.AUTHORIZED, wall, self.error_code, self.info, tx=tx)
 
     def stop(self, reason: str, wall: float) -> list[Effect]:
@@ -226,8 +278,8 @@ class Connector:
                 assert self.transaction is not None and self.last_energy_wh is not None
                 effects.append(TransactionStopped(self.id, self.transaction, self.last_energy_wh, reason, wall))
                 self.transaction = None
-        old = (self.state.ocpp_status, self.error_code, self.info)
+        old = (self.status, self.error_code, self.info)
         self.state, self.error_code, self.info = new_state, error_code, info
-        if (new_state.ocpp_status, error_code, info) != old:
-            effects.append(StatusChanged(self.id, new_state.ocpp_status, error_code, info, wall))
+        if (self.status, error_code, info) != old:
+            effects.append(StatusChanged(self.id, self.status, error_code, info, wall))
         return effects

@@ -63,15 +63,13 @@ class OcppSettings:
 
     heartbeat_interval_s: int = 3600
     meter_value_sample_interval_s: int = 60
-    meter_values_sampled_data: tuple[str, ...] = (
-        "Energy.Active.Import.Register",
-        "Power.Active.Import",
-        "Current.Import",
-        "Voltage",
-    )
+    # The exact form smart-charging platforms expect (issue 4); the backend may ask for more.
+    meter_values_sampled_data: tuple[str, ...] = ("Energy.Active.Import.Register", "Power.Active.Import")
     transaction_message_attempts: int = 3  # OCPP 1.6 §3.7.1; Start/Stop are kept past it, with an alarm
     transaction_message_retry_interval_s: int = 30  # wait after failure n: n x this
     meter_values_batch_max: int = 60  # queued samples of one transaction sent as one MeterValues message
+    # Reset Hard (OCPP 1.6 §5.12) runs this, e.g. ["systemctl", "reboot"]; empty: restart the daemon, as Soft does.
+    hard_reset_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS state (
+    name TEXT PRIMARY KEY,  -- what the backend set and the gateway must keep across restarts
+    value TEXT NOT NULL     -- JSON: configuration changes, local list, reservations, charging profiles, availability
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     action TEXT NOT NULL,
@@ -225,6 +229,19 @@ class Store:
         async with self._transaction() as db:
             for sql, args in statements:
                 await db.execute(sql, args)
+
+    async def save_state(self, name: str, value: object) -> None:
+        """Keep one piece of backend-set state (a JSON-able snapshot), replacing what was kept under `name`."""
+        await self._write([("INSERT OR REPLACE INTO state VALUES (?, ?)", (name, json.dumps(value, separators=(",", ":"))))])
+
+    async def load_state(self, name: str) -> object | None:
+        """The snapshot kept under `name`; None if nothing was kept."""
+        try:
+            async with self._db.execute("SELECT value FROM state WHERE name = ?", (name,)) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        return None if row is None else json.loads(row[0])
 
     async def commit(self, effects: Sequence[Effect], clock: Clock) -> None:
         """Persist the effects of one poll, atomically, before anything else acts on them."""
@@ -455,6 +472,18 @@ class Store:
             row = await cursor.fetchone()
         assert row is not None
         return int(row[0])
+
+    async def transaction_id(self, session_key: str) -> int | None:
+        """The backend's transactionId of a session; None until its StartTransaction is answered."""
+        async with self._db.execute("SELECT transaction_id FROM sessions WHERE key = ?", (session_key,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def session_key(self, transaction_id: int) -> str | None:
+        """The local session key of a backend transactionId (RemoteStopTransaction)."""
+        async with self._db.execute("SELECT key FROM sessions WHERE transaction_id = ?", (transaction_id,)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
 
     async def open_sessions(self) -> dict[int, Transaction]:
         """Sessions not yet stopped, by connector: what a restarted daemon resumes."""

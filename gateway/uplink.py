@@ -14,12 +14,13 @@ import asyncio
 import base64
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import websockets
-from ocpp.exceptions import OCPPError
+from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
+from ocpp.exceptions import FormationViolationError, FormatViolationError, OCPPError
 from ocpp.messages import Call, MessageType, validate_payload
-from ocpp.v16 import ChargePoint
+from ocpp.v16 import ChargePoint, call_result
 from websockets.asyncio.client import ClientConnection, connect
 
 import gateway
@@ -27,6 +28,7 @@ from gateway import ocpp_messages, retry
 from gateway.backoff import Backoff
 from gateway.clock import Clock
 from gateway.errors import BackendRefused, ClockUnset, StoreError, UplinkError
+from gateway.reading import Reading
 from gateway.session import StatusChanged
 from gateway.settings import BackendSettings, ChargePointInfo, OcppSettings
 from gateway.store import QueuedMessage, Store
@@ -55,8 +57,29 @@ def tls_context(backend: BackendSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+Handler = Callable[[dict], Awaitable[dict]]  # a backend command: CALL payload in, CALLRESULT payload out (camelCase)
+
+
 class _Link(ChargePoint):
-    """The ocpp library's charge point on one open websocket; backend commands get handlers in later layers."""
+    """The ocpp library's charge point on one open websocket, with our handlers for the backend's commands.
+
+    The library validates each incoming CALL against the OCPP 1.6 schemas (a bad one gets its
+    CALLERROR: FormationViolation, PropertyConstraintViolation, ...), answers NotImplemented for an
+    action without handler, and validates our answer. Our handlers speak camelCase, as the wire
+    and the store do; the library's snake_case kwargs are turned back here, once.
+    """
+
+    def __init__(self, identity: str, connection: ClientConnection, handlers: Mapping[str, Handler], response_timeout: float) -> None:
+        super().__init__(identity, connection, response_timeout=response_timeout)
+        for action, handler in handlers.items():
+            self.route_map[action] = {"_on_action": _library_handler(action, handler)}
+
+    async def _handle_call(self, msg: Call) -> None:
+        try:
+            await super()._handle_call(msg)
+        except FormatViolationError as exc:
+            # OCPP-J 1.6 §4.2.3 spells this error code FormationViolation (2.0 renamed it); the library uses the new name.
+            raise FormationViolationError(description=exc.description, details=exc.details) from None
 
     async def call_wire(self, action: str, payload: dict, unique_id: str) -> dict:
         """ChargePoint.call for a payload already in wire form (camelCase), as the outbox stores it.
@@ -80,6 +103,16 @@ class _Link(ChargePoint):
         return result
 
 
+def _library_handler(action: str, handler: Handler) -> Callable[..., Awaitable[object]]:
+    result_class = getattr(call_result, action)
+
+    async def handle(**kwargs: object) -> object:
+        result = await handler(snake_to_camel_case(kwargs))
+        return result_class(**camel_to_snake_case(result))
+
+    return handle
+
+
 class Uplink:
     """Keeps the backend connection up and feeds it statuses and the outbox."""
 
@@ -91,6 +124,8 @@ class Uplink:
         store: Store,
         clock: Clock,
         statuses: Callable[[], list[StatusChanged]],
+        handlers: Mapping[str, Handler] | None = None,
+        readings: Callable[[], Mapping[int, Reading]] | None = None,
     ) -> None:
         self.info = info
         self.backend = backend
@@ -98,6 +133,9 @@ class Uplink:
         self.store = store
         self.clock = clock
         self._statuses = statuses
+        self._handlers = dict(handlers or {})
+        self._readings = readings or dict
+        self._triggers: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue()
         self.heartbeat_interval_s = ocpp.heartbeat_interval_s
         self._status_queue: asyncio.Queue[StatusChanged] = asyncio.Queue()
         self._outbox_changed = asyncio.Event()
@@ -113,6 +151,10 @@ class Uplink:
 
     def outbox_changed(self) -> None:
         self._outbox_changed.set()
+
+    def trigger(self, message: str, connector_id: int | None) -> None:
+        """TriggerMessage (OCPP 1.6 §5.17): send `message` once the answer has gone and the link is up."""
+        self._triggers.put_nowait((message, connector_id))
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -163,7 +205,7 @@ class Uplink:
         async with ws:
             if ws.subprotocol != OCPP_SUBPROTOCOL:
                 raise BackendRefused(f"backend did not agree to subprotocol {OCPP_SUBPROTOCOL}")
-            link = _Link(self.info.identity, ws, response_timeout=self.backend.response_timeout_s)
+            link = _Link(self.info.identity, ws, self._handlers, response_timeout=self.backend.response_timeout_s)
             log.info("uplink connected to %s", backend_url(self.backend, self.info.identity))
             try:
                 await self._serve_link(link)
@@ -183,6 +225,7 @@ class Uplink:
                 tg.create_task(self._heartbeats(link))
                 tg.create_task(self._send_statuses(link))
                 tg.create_task(self._drain(link))
+                tg.create_task(self._send_triggered(link))
         # StoreError too: a full disk must not kill the daemon. The answer that could not be recorded is
         # lost, so the message is resent after the reconnect, identical (same id): a duplicate the backend can spot.
         except* (websockets.exceptions.ConnectionClosed, UplinkError, TimeoutError, OCPPError, StoreError) as group:
@@ -193,8 +236,7 @@ class Uplink:
         """One CALL; returns the CALLRESULT payload (camelCase), raises OCPPError on a CALLERROR, TimeoutError without answer."""
         return await link.call_wire(action, payload, message_id or ocpp_messages.new_message_id())
 
-    async def _boot(self, link: _Link) -> None:
-        """BootNotification until Accepted; on Pending/Rejected wait the interval the backend gave (OCPP 1.6 §4.2)."""
+    def _boot_payload(self) -> dict:
         payload: dict = {
             "chargePointVendor": self.info.vendor,
             "chargePointModel": self.info.model,
@@ -202,6 +244,11 @@ class Uplink:
         }
         if self.info.serial_number:
             payload["chargePointSerialNumber"] = self.info.serial_number
+        return payload
+
+    async def _boot(self, link: _Link) -> None:
+        """BootNotification until Accepted; on Pending/Rejected wait the interval the backend gave (OCPP 1.6 §4.2)."""
+        payload = self._boot_payload()
         while True:
             result = await self._call(link, "BootNotification", payload)
             self.clock.adopt_backend_time(result["currentTime"])
@@ -228,6 +275,31 @@ class Uplink:
             await self._send_status(link, s)
         while True:
             await self._send_status(link, await self._status_queue.get())
+
+    async def _send_triggered(self, link: _Link) -> None:
+        """The messages TriggerMessage asked for, each after its Accepted went out."""
+        while True:
+            message, cid = await self._triggers.get()
+            wall = self.clock.wall()
+            if message == "BootNotification":
+                result = await self._call(link, "BootNotification", self._boot_payload())
+                self.clock.adopt_backend_time(result["currentTime"])
+            elif message == "Heartbeat":
+                self.clock.adopt_backend_time((await self._call(link, "Heartbeat", {}))["currentTime"])
+            elif message == "StatusNotification":
+                everyone = [StatusChanged(0, "Available", "NoError", None, wall), *self._statuses()]
+                for s in everyone if cid is None else [s for s in everyone if s.connector_id == cid]:
+                    await self._send_status(link, s)
+            elif message == "MeterValues":
+                for connector_id, reading in sorted(self._readings().items()):
+                    if cid in (None, 0, connector_id):
+                        measurands = self.ocpp.meter_values_sampled_data
+                        entry = {"timestamp": self.clock.utc_iso(wall), "sampledValue": ocpp_messages.sampled_values(reading, measurands, "Trigger")}
+                        await self._call(link, "MeterValues", ocpp_messages.meter_values(connector_id, [entry]))
+            elif message == "DiagnosticsStatusNotification":
+                await self._call(link, message, {"status": "Idle"})
+            elif message == "FirmwareStatusNotification":
+                await self._call(link, message, {"status": "Idle"})
 
     async def _send_status(self, link: _Link, s: StatusChanged) -> None:
         payload = ocpp_messages.status_notification(s.connector_id, s.status, s.error_code, s.info, s.wall, self.clock)
