@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import EARLIEST_VALID, parse_iso
 from gateway.session import Transaction, TransactionStarted, TransactionStopped
 from gateway.settings import BackendSettings, OcppSettings
 from gateway.store import Store
 from gateway.uplink import Uplink
-from tests.clocks import HandClock
 from tests.ocpp_rpc_peer import OcppRpcBackend, make_self_signed_cert
 from tests.uplinks import CLOCK, INFO, drained, offline_session, running, statuses
 
@@ -139,31 +137,6 @@ async def test_queued_samples_drain_as_one_message(tmp_path: Path) -> None:
             await drained(store, 20)
         batches = [[e["sampledValue"][0]["value"] for e in c["params"]["meterValue"]] for c in backend.calls("MeterValues")]
         assert batches == [["100", "200", "300", "400", "500"], ["600", "700"]]
-        assert backend.violations == []
-    await store.close()
-
-
-async def test_a_master_that_believes_it_is_1970_never_sends_1970(tmp_path: Path) -> None:
-    """Field failure 6: a session recorded before the clock was set reaches the backend with real UTC times."""
-    clock = HandClock()  # no RTC, no NTP: the system clock says 1970
-    store = await Store.open(tmp_path / "gw.db", clock)
-    tx = Transaction("boot-1970", "TAG", 100, clock.wall())
-    await store.commit([TransactionStarted(1, tx)], clock)
-    clock.advance(120)
-    await store.queue_meter_values(1, tx.key, [{"timestamp": clock.utc_iso(), "sampledValue": [{"value": "150", "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}], clock)
-    clock.advance(120)
-    await store.commit([TransactionStopped(1, tx, 200, "EVDisconnected", clock.wall())], clock)
-    async with OcppRpcBackend() as backend:
-        uplink = Uplink(INFO, BackendSettings(url=backend.url), OcppSettings(), store, clock, statuses)
-        async with running(uplink):
-            await drained(store, 20)  # the BootNotification's currentTime set the clock
-        boot_time = parse_iso(backend.of_type("result")[0]["result"]["currentTime"])
-        start, mv, stop = (backend.calls(m)[0]["params"] for m in ("StartTransaction", "MeterValues", "StopTransaction"))
-        times = [parse_iso(start["timestamp"]), parse_iso(mv["meterValue"][0]["timestamp"]), parse_iso(stop["timestamp"])]
-        assert all(t >= EARLIEST_VALID for t in times)
-        assert times[1] - times[0] == 120 and times[2] - times[1] == 120, "spacing kept, by monotonic time"
-        assert abs(times[2] - boot_time) < 5, "the stop happened just before the boot"
-        assert all(s.endswith("Z") for s in (start["timestamp"], stop["timestamp"]))
         assert backend.violations == []
     await store.close()
 
