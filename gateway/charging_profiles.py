@@ -18,9 +18,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
+from gateway.clock import parse_wire_time, wire_time
 from gateway.errors import GatewayError, RemoteProtocolError
 
 
@@ -273,25 +274,6 @@ def _check_schedule(s: ChargingSchedule, limits: ProfileLimits) -> None:
         raise ProfileRejected(f"duration {s.duration_s} is not positive")
     if s.min_charging_rate is not None and s.min_charging_rate < 0:
         raise ProfileRejected(f"negative minChargingRate {s.min_charging_rate}")
-
-
-def wire_time(dt: datetime) -> str:
-    """OCPP timestamp of an aware datetime: UTC, milliseconds, Z.
-
-    Formatted from the datetime itself rather than through a float timestamp
-    (gateway.clock.iso), which can lose the last millisecond to rounding.
-    """
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_wire_time(text: str) -> datetime:
-    """An OCPP timestamp as an aware UTC datetime; ValueError when it is not ISO 8601.
-
-    OCPP 1.6 §3.14 wants UTC; a timestamp without an offset is taken as UTC, not
-    as local time (which gateway.clock.parse_iso would assume).
-    """
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 # --- field readers: each names the field in its error ---------------------------

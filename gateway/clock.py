@@ -72,12 +72,27 @@ class Clock:
         return iso(self.wall() if wall is None else wall)
 
 
+def wire_time(dt: datetime) -> str:
+    """OCPP timestamp of an aware datetime: UTC, milliseconds, Z (OCPP 1.6 §3.14)."""
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_wire_time(text: str) -> datetime:
+    """An OCPP timestamp as an aware UTC datetime; ValueError when it is not ISO 8601.
+
+    OCPP 1.6 §3.14 wants UTC: a timestamp without an offset is taken as UTC, never as
+    the master's local time (openWB/core#2272).
+    """
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
 def iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return wire_time(datetime.fromtimestamp(wall, tz=UTC))
 
 
 def parse_iso(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return parse_wire_time(text).timestamp()
 
 
 def fix_unset_stamp(

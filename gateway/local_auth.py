@@ -30,10 +30,10 @@ import enum
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.clock import iso, parse_iso
+from gateway.clock import parse_wire_time, wire_time
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -76,10 +76,6 @@ def _key(id_tag: str) -> str:
     return id_tag.lower()  # CiString: printable ASCII, case-insensitive
 
 
-def _datetime(text: str) -> datetime:
-    return datetime.fromtimestamp(parse_iso(text), tz=UTC)
-
-
 def _id_tag(value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= ID_TAG_MAX_CHARS:
         raise LocalAuthError(f"idTag must be a string of 1..{ID_TAG_MAX_CHARS} characters")
@@ -103,7 +99,7 @@ class IdTagInfo:
             parent = payload.get("parentIdTag")
             return cls(
                 status,
-                _datetime(expiry) if expiry is not None else None,
+                parse_wire_time(expiry) if expiry is not None else None,
                 _id_tag(parent) if parent is not None else None,
             )
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
@@ -112,7 +108,7 @@ class IdTagInfo:
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status.value}
         if self.expiry_date is not None:
-            out["expiryDate"] = iso(self.expiry_date.timestamp())
+            out["expiryDate"] = wire_time(self.expiry_date)
         if self.parent_id_tag is not None:
             out["parentIdTag"] = self.parent_id_tag
         return out
@@ -294,7 +290,7 @@ class AuthCache:
         return {
             "capacity": self.capacity,
             "entries": [
-                {**_entry_to_wire(e.id_tag, e.info), "lastUsed": iso(e.last_used.timestamp())}
+                {**_entry_to_wire(e.id_tag, e.info), "lastUsed": wire_time(e.last_used)}
                 for e in self._entries.values()
             ],
         }
@@ -305,7 +301,7 @@ class AuthCache:
             out = cls(int(data["capacity"]))
             for item in data["entries"]:
                 id_tag = _id_tag(item["idTag"])
-                entry = _CacheEntry(id_tag, IdTagInfo.from_wire(item["idTagInfo"]), _datetime(item["lastUsed"]))
+                entry = _CacheEntry(id_tag, IdTagInfo.from_wire(item["idTagInfo"]), parse_wire_time(item["lastUsed"]))
                 out._entries[_key(id_tag)] = entry
         except (KeyError, TypeError, ValueError) as exc:
             raise LocalAuthError(f"malformed cache snapshot: {exc}") from exc

@@ -27,10 +27,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from gateway.clock import iso, parse_iso
+from gateway.clock import parse_wire_time, wire_time
 from gateway.errors import GatewayError
 
 
@@ -86,7 +86,7 @@ class Reservation:
                 connector_id=int(payload["connectorId"]),
                 id_tag=str(payload["idTag"]),
                 parent_id_tag=str(payload["parentIdTag"]) if payload.get("parentIdTag") is not None else None,
-                expiry=datetime.fromtimestamp(parse_iso(payload["expiryDate"]), tz=UTC),
+                expiry=parse_wire_time(payload["expiryDate"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ReservationError(f"malformed reservation: {exc}") from exc
@@ -97,7 +97,7 @@ class Reservation:
             "reservationId": self.reservation_id,
             "connectorId": self.connector_id,
             "idTag": self.id_tag,
-            "expiryDate": iso(self.expiry.timestamp()),
+            "expiryDate": wire_time(self.expiry),
         }
         if self.parent_id_tag is not None:
             out["parentIdTag"] = self.parent_id_tag

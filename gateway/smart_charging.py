@@ -42,8 +42,8 @@ from gateway.charging_profiles import (
     Recurrency,
     TxContext,
     check_installable,
-    wire_time,
 )
+from gateway.clock import wire_time
 
 _RECURRENCE = {Recurrency.DAILY: timedelta(days=1), Recurrency.WEEKLY: timedelta(days=7)}
 

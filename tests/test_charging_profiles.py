@@ -25,9 +25,8 @@ from gateway.charging_profiles import (
     Recurrency,
     TxContext,
     check_installable,
-    parse_wire_time,
-    wire_time,
 )
+from gateway.clock import parse_wire_time, wire_time
 from gateway.errors import GatewayError, RemoteProtocolError
 
 T0 = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from gateway.clock import EARLIEST_VALID, fix_unset_stamp, iso, parse_iso
 from tests.clocks import BOOT_1970, HandClock
 
@@ -53,3 +55,14 @@ def test_stamps_of_a_boot_that_never_got_the_time_stay_in_order_before_this_boot
 def test_iso_is_utc_with_z() -> None:
     assert iso(NTP_TIME) == "2026-09-21T14:13:20.000Z"
     assert parse_iso("2026-09-21T16:13:20+02:00") == NTP_TIME
+
+
+def test_a_stamp_without_offset_is_utc_whatever_the_local_zone(monkeypatch) -> None:
+    """OCPP 1.6 §3.14: times are UTC; a backend's currentTime without "Z" must not be read as local time."""
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        assert parse_iso("2026-09-21T14:13:20") == NTP_TIME
+    finally:
+        monkeypatch.undo()
+        time.tzset()
