@@ -40,7 +40,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,12 +207,12 @@ def write_config(workdir: Path, backend_url: str, scenario: Scenario) -> Path:
 
 
 async def spawn_gateway(
-    *args: str, log: Path, prefix: Sequence[str] = (), env: Mapping[str, str] | None = None
+    *args: str, log: Path, env: Mapping[str, str] | None = None
 ) -> asyncio.subprocess.Process:
-    """`python -m gateway ARGS` as a real process, its output to `log`; `prefix` wraps it (e.g. faketime)."""
+    """`python -m gateway ARGS` as a real process, its output to `log`, with `env` added to the environment."""
     with log.open("wb") as out:
         return await asyncio.create_subprocess_exec(
-            *prefix, sys.executable, "-m", "gateway", *args, cwd=REPO,
+            sys.executable, "-m", "gateway", *args, cwd=REPO,
             stdout=out, stderr=asyncio.subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
         )
 
