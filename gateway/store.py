@@ -175,6 +175,9 @@ class Store:
         self._lock = asyncio.Lock()
         self.budget_bytes = budget_bytes
         self._bytes_estimate = budget_bytes  # unknown until measured: the first sample queued measures it
+        # transactionId by session key, for open sessions: smart charging asks at every poll, and only
+        # acknowledge() ever sets it, so the copy stays true; None until the StartTransaction is answered.
+        self._tx_ids: dict[str, int | None] = {}
 
     @classmethod
     async def open(cls, path: Path, clock: Clock | None = None, budget_mb: float = 128.0) -> Store:
@@ -269,6 +272,9 @@ class Store:
                 rows.append(self._event_row(effect.wall, effect.connector_id, "status", {"status": effect.status, "errorCode": effect.error_code, "info": effect.info}))
         if rows:
             await self._write(rows)
+        for effect in effects:
+            if isinstance(effect, TransactionStopped):
+                self._tx_ids.pop(effect.transaction.key, None)
 
     async def reconcile_energy(self, connector_id: int, energy_wh: int, in_transaction: bool, clock: Clock) -> int:
         """First contact with a slave after a start or an outage: account for energy charged meanwhile.
@@ -462,6 +468,8 @@ class Store:
         if message.action == "StartTransaction":
             rows.append(("UPDATE sessions SET transaction_id = ? WHERE key = ?", (int(result["transactionId"]), message.session_key)))
         await self._write(rows)
+        if message.action == "StartTransaction" and message.session_key in self._tx_ids:
+            self._tx_ids[message.session_key] = int(result["transactionId"])
 
     async def count_attempt(self, message: QueuedMessage) -> int:
         await self._write([("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (message.seq,))])
@@ -475,9 +483,11 @@ class Store:
 
     async def transaction_id(self, session_key: str) -> int | None:
         """The backend's transactionId of a session; None until its StartTransaction is answered."""
-        async with self._db.execute("SELECT transaction_id FROM sessions WHERE key = ?", (session_key,)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        if session_key not in self._tx_ids:
+            async with self._db.execute("SELECT transaction_id FROM sessions WHERE key = ?", (session_key,)) as cursor:
+                row = await cursor.fetchone()
+            self._tx_ids[session_key] = None if row is None or row[0] is None else int(row[0])
+        return self._tx_ids[session_key]
 
     async def session_key(self, transaction_id: int) -> str | None:
         """The local session key of a backend transactionId (RemoteStopTransaction)."""

@@ -53,6 +53,22 @@ async def test_session_messages_in_order_with_transaction_id_resolved(tmp_path: 
     await store.close()
 
 
+async def test_transaction_id_and_session_key_follow_the_answer_to_the_start(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "gw.db")
+    tx = Transaction("s5", "TAG", 10, T0)
+    await store.commit([TransactionStarted(1, tx)], CLOCK)
+    assert await store.transaction_id("s5") is None  # asked before the backend answered (offline)
+    head = await store.next_to_send()
+    assert head is not None
+    await store.acknowledge(head, {"transactionId": 41, "idTagInfo": {"status": "Accepted"}})
+    assert await store.transaction_id("s5") == 41 and await store.session_key(41) == "s5"
+    await store.close()
+    store = await Store.open(tmp_path / "gw.db")
+    assert await store.transaction_id("s5") == 41, "kept in the file"
+    assert await store.session_key(999) is None and await store.transaction_id("nobody") is None
+    await store.close()
+
+
 async def test_open_sessions_survive_reopen(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "gw.db")
     tx = Transaction("s9", "TAG", 10, T0)
