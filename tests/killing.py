@@ -58,6 +58,7 @@ from tests.kill_judge import (
     landing,
     sim_sessions,
 )
+from tests.loopback import free_port
 from tests.ocpp_rpc_peer import OcppRpcBackend, Record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,12 +173,6 @@ def stored_sessions(db: Path) -> list[StoredSession]:
     return [StoredSession(*row) for row in rows]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def write_config(workdir: Path, backend_url: str, scenario: Scenario) -> Path:
     """The busy cluster: 2 RTU slaves on one pty line, 2 Modbus TCP slaves, fast EVs, 1 s samples."""
     config = {
@@ -190,8 +185,8 @@ def write_config(workdir: Path, backend_url: str, scenario: Scenario) -> Path:
         "connectors": [
             {"id": 1, "bus": "rs485-1", "unit": 1, "profile": "heidelberg-energy-control"},
             {"id": 2, "bus": "rs485-1", "unit": 2, "profile": "heidelberg-energy-control"},
-            {"id": 3, "bus": "lan", "host": "127.0.0.1", "port": _free_port(), "unit": 1, "profile": "heidelberg-energy-control"},
-            {"id": 4, "bus": "lan", "host": "127.0.0.1", "port": _free_port(), "unit": 1, "profile": "heidelberg-energy-control"},
+            {"id": 3, "bus": "lan", "host": "127.0.0.1", "port": free_port(), "unit": 1, "profile": "heidelberg-energy-control"},
+            {"id": 4, "bus": "lan", "host": "127.0.0.1", "port": free_port(), "unit": 1, "profile": "heidelberg-energy-control"},
         ],
         "storage": {"path": str(workdir / "gateway.db")},
         "authorization": {"free_charging_id_tag": "KILL-FREE"},

@@ -73,6 +73,7 @@ from gateway.settings import (
     StorageSettings,
 )
 from gateway.wiretime import t35_s
+from tests.loopback import free_port
 
 # modbus-tk 1.1.5 still calls threading.Event.isSet().
 pytestmark = pytest.mark.filterwarnings("ignore:isSet:DeprecationWarning")
@@ -521,12 +522,6 @@ async def test_port_settings_come_from_the_config(pty_pair) -> None:
 
 
 # --- Modbus TCP against modbus-tk's TcpServer -------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 PROBES: set[tuple[str, int]] = set()  # local addresses of start_tk_tcp's readiness probes

@@ -15,7 +15,6 @@ import os
 import random
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -69,12 +68,12 @@ from gateway.simulator.ev import Activity, EvModel, EvTiming
 from gateway.simulator.serial_server import FrameAssembler
 from gateway.simulator.slave import SimSlave, SlaveEvent, SlaveException, TimeScale
 from gateway.wiretime import transaction_wire_s
+from tests.loopback import free_port
 
 HEIDELBERG = load_profile(builtin_profile_dir() / "heidelberg-energy-control.yaml")
 INPUT_BLOCK = ReadBlock(Table.INPUT, 4, 15)
 HOLDING_BLOCK = ReadBlock(Table.HOLDING, 257, 5)
 STATE = {"A1": 2, "A2": 3, "B1": 4, "B2": 5, "C1": 6, "C2": 7, "F": 10}  # Heidelberg input 5
-
 
 # --- the EV model (pure) -------------------------------------------------------------
 
@@ -537,14 +536,8 @@ async def test_independent_master_modbus_tk_over_the_pty(tmp_path: Path) -> None
     assert holding == (15000, 0, 1, 0, 0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_tcp_server_with_pymodbus_and_modbus_tk(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     lan = BusSettings("lan", Framing.TCP)
     connectors = (
         ConnectorSettings(1, "lan", 1, HEIDELBERG.name, host="127.0.0.1", port=port),
