@@ -77,7 +77,8 @@ class Control:
         self.cache = AuthCache()
         self.reservations = Reservations()
         self.profiles = ProfileSet()
-        self.inoperative: set[int] = set()  # connectors the backend made Inoperative (0: the whole station)
+        self._phases = {c.id: config.profile_of(c).phases for c in config.connectors}
+        self.inoperative: set[int] = set()  # connectors the backend made Inoperative
         self.scheduled: dict[int, bool] = {}  # availability changes waiting for a transaction to end
         self.cluster: Cluster | None = None
 
@@ -123,12 +124,15 @@ class Control:
     # --- what the rest of the daemon asks ----------------------------------------------
 
     def operative(self, connector_id: int) -> bool:
-        return 0 not in self.inoperative and connector_id not in self.inoperative
+        return connector_id not in self.inoperative
 
-    async def limit_a(self, connector_id: int, phases: int) -> float | None:
+    def _set_operative(self, connector_id: int, operative: bool) -> None:
+        (self.inoperative.discard if operative else self.inoperative.add)(connector_id)
+
+    async def limit_a(self, connector_id: int) -> float | None:
         """The smart-charging limit of a connector now, in A; None: no profile limits it."""
         tx = await self._cluster.transaction_context(connector_id)
-        return self.profiles.limit_at(connector_id, _utc(self.clock.wall()), tx, phases, NOMINAL_VOLTAGE_V)
+        return self.profiles.limit_at(connector_id, _utc(self.clock.wall()), tx, self._phases[connector_id], NOMINAL_VOLTAGE_V)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -193,17 +197,14 @@ class Control:
 
     async def change_availability(self, p: Payload) -> Payload:
         cid, operative = p["connectorId"], p["type"] == "Operative"
-        targets = self.connector_ids if cid == 0 else [self._connector(cid)]
-        busy = [c for c in targets if self._cluster.connectors[c].transaction is not None]
-        if cid == 0:
-            self.inoperative.discard(0) if operative else self.inoperative.add(0)
+        targets = self.connector_ids if cid == 0 else [self._connector(cid)]  # §5.2: 0 is every connector
+        busy = {c for c in targets if self._cluster.connectors[c].transaction is not None}
         for c in targets:
             if c in busy:
-                self.scheduled[c] = operative  # §5.2: applied when the transaction ends
+                self.scheduled[c] = operative  # applied when the transaction ends
             else:
                 self.scheduled.pop(c, None)
-                if cid != 0:
-                    self.inoperative.discard(c) if operative else self.inoperative.add(c)
+                self._set_operative(c, operative)
         await self._save("availability")
         await self.apply_availability([c for c in targets if c not in busy])
         return {"status": "Scheduled" if busy else "Accepted"}
@@ -221,8 +222,7 @@ class Control:
         if self.profiles.end_transaction(connector_id):
             await self._save("charging_profiles")
         if connector_id in self.scheduled:
-            operative = self.scheduled.pop(connector_id)
-            self.inoperative.discard(connector_id) if operative else self.inoperative.add(connector_id)
+            self._set_operative(connector_id, self.scheduled.pop(connector_id))
             await self._save("availability")
             await self.apply_availability([connector_id])
 
