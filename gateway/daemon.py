@@ -23,7 +23,7 @@ from gateway.modbus_line import build_lines, line_key
 from gateway.poller import ConnectorPoller
 from gateway.reading import Reading
 from gateway.session import Connector, Effect, State, StatusChanged, TransactionStarted, TransactionStopped
-from gateway.settings import Config, ConnectorSettings
+from gateway.settings import Config
 from gateway.store import Store
 from gateway.uplink import Uplink
 
@@ -43,6 +43,7 @@ class _RemoteStart:
     id_tag: str
     deadline: float  # monotonic: ConnectionTimeOut after the RemoteStartTransaction
     profile: ChargingProfile | None
+
 
 log = logging.getLogger("gateway.daemon")
 
@@ -67,6 +68,8 @@ class Daemon:
         self.lines = build_lines(config)
         self.pollers: list[ConnectorPoller] = []
         self._remote_starts: dict[int, _RemoteStart] = {}
+        # Free charging: every plug-in starts a session with this idTag (the connector's own, else the site's).
+        self._free_tags = {c.id: c.id_tag or config.authorization.free_charging_id_tag for c in config.connectors}
         self._reset = asyncio.Event()
         self._reset_hard = False
 
@@ -89,12 +92,11 @@ class Daemon:
             self.pollers.append(ConnectorPoller(
                 c, self.config.bus(c.bus), self.config.profile_of(c), self.lines[line_key(self.config, c)],
                 connector, self.clock, self.handle_effects, self.queue_meter_values,
-                id_tag=c.id_tag or self.config.authorization.free_charging_id_tag,
+                start_policy=self._start_policy,
                 measurands=self.config.ocpp.meter_values_sampled_data,
                 sample_interval_s=self.config.ocpp.meter_value_sample_interval_s,
                 on_first_contact=self.reconcile_energy,
-                start_policy=self._start_policy,
-                limit_source=self._limit,
+                limit_source=self.control.limit_a,
             ))
 
     async def handle_effects(self, effects: Sequence[Effect]) -> bool:
@@ -141,29 +143,24 @@ class Daemon:
     # --- what the backend's commands need (gateway.control.Cluster) -----------------------
 
     def _start_policy(self, connector_id: int) -> tuple[str, int | None] | None:
-        """The idTag that opens a transaction on a plugged EV: a pending remote start, else free charging."""
+        """The idTag that opens a transaction on a plugged EV: a pending remote start, else free charging.
+
+        On a reserved connector only a tag the reservation admits may start, and the
+        transaction carries the reservationId (OCPP 1.6 §5.13).
+        """
         remote = self._remote_starts.get(connector_id)
         if remote is not None and self.clock.monotonic() > remote.deadline:
             del self._remote_starts[connector_id]  # ConnectionTimeOut: no EV came
             remote = None
         candidates = [remote.id_tag] if remote else []
-        settings = self._settings(connector_id)
-        if free := settings.id_tag or self.config.authorization.free_charging_id_tag:
+        if free := self._free_tags.get(connector_id):
             candidates.append(free)
-        reservation = self.control.reservations.reservation_for(connector_id)
-        now = datetime.fromtimestamp(self.clock.wall(), UTC)
+        reservations, now = self.control.reservations, datetime.fromtimestamp(self.clock.wall(), UTC)
         for tag in candidates:
-            if reservation is None or not self.control.reservations.is_reserved(connector_id, now):
-                return tag, None
-            if self.control.reservations.may_start(connector_id, tag, None, now):
-                return tag, reservation.reservation_id
+            if reservations.may_start(connector_id, tag, None, now):
+                held = reservations.reservation_for(connector_id) if reservations.is_reserved(connector_id, now) else None
+                return tag, held.reservation_id if held else None
         return None
-
-    async def _limit(self, connector_id: int) -> float | None:
-        return await self.control.limit_a(connector_id, self.config.profile_of(self._settings(connector_id)).phases)
-
-    def _settings(self, connector_id: int) -> ConnectorSettings:
-        return next(c for c in self.config.connectors if c.id == connector_id)
 
     def _readings(self) -> dict[int, Reading]:
         return {p.settings.id: p.last_reading for p in self.pollers if p.last_reading is not None}
@@ -183,7 +180,7 @@ class Daemon:
         for connector in self.connectors.values():
             if key is not None and connector.transaction is not None and connector.transaction.key == key:
                 return await self.handle_effects(connector.stop(reason, self.clock.wall()))
-        return False
+        return False  # unknown, or already stopped
 
     def request_reset(self, hard: bool) -> None:
         self._reset_hard = hard
@@ -278,7 +275,7 @@ async def run_daemon(config: Config, clock: Clock | None = None) -> None:
 def _restart(config: Config, hard: bool) -> None:
     """After a Reset: the hard one runs the configured reboot command; both then start this process afresh."""
     if hard and config.ocpp.hard_reset_command:
-        logging.getLogger("gateway.daemon").warning("hard reset: running %s", " ".join(config.ocpp.hard_reset_command))
+        log.warning("hard reset: running %s", " ".join(config.ocpp.hard_reset_command))
         subprocess.run(config.ocpp.hard_reset_command, check=False)
-    logging.getLogger("gateway.daemon").warning("%s reset: restarting", "hard" if hard else "soft")
+    log.warning("%s reset: restarting", "hard" if hard else "soft")
     os.execv(sys.executable, [sys.executable, "-m", "gateway", *sys.argv[1:]])

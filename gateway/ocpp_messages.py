@@ -82,9 +82,9 @@ def sampled_values(reading: Reading, measurands: Sequence[str], context: str = "
     return out
 
 
-def meter_value(reading: Reading, measurands: Sequence[str], wall: float, clock: Clock) -> dict:
+def meter_value(reading: Reading, measurands: Sequence[str], wall: float, clock: Clock, context: str = "Sample.Periodic") -> dict:
     """One meterValue entry: a timestamp and its sampled values."""
-    return {"timestamp": clock.utc_iso(wall), "sampledValue": sampled_values(reading, measurands)}
+    return {"timestamp": clock.utc_iso(wall), "sampledValue": sampled_values(reading, measurands, context)}
 
 
 def meter_values(connector_id: int, entries: Sequence[dict]) -> dict:

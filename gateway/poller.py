@@ -47,11 +47,10 @@ class ConnectorPoller:
         clock: Clock,
         on_effects: EffectSink,
         on_meter_values: MeterSink,
-        id_tag: str | None,
+        start_policy: StartPolicy,
         measurands: Sequence[str],
         sample_interval_s: float,
         on_first_contact: ContactSink | None = None,
-        start_policy: StartPolicy | None = None,
         limit_source: LimitSource | None = None,
     ) -> None:
         self.settings = settings
@@ -62,7 +61,6 @@ class ConnectorPoller:
         self.clock = clock
         self._on_effects = on_effects
         self._on_meter_values = on_meter_values
-        self.id_tag = id_tag
         self.measurands = tuple(measurands)
         self.sample_interval_s = sample_interval_s
         self._on_first_contact = on_first_contact
@@ -114,8 +112,7 @@ class ConnectorPoller:
         self.last_reading = reading
         effects = self.connector.on_reading(reading, wall)
         if self.connector.can_start:
-            start = self._start_policy(self.settings.id) if self._start_policy else (self.id_tag, None) if self.id_tag else None
-            if start is not None:
+            if (start := self._start_policy(self.settings.id)) is not None:
                 effects += self.connector.authorize(start[0], wall, reservation_id=start[1])
         committed = await self._on_effects(effects)
         if committed:

@@ -264,14 +264,20 @@ class Uplink:
     async def _heartbeats(self, link: _Link) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
-            result = await self._call(link, "Heartbeat", {})
-            self.clock.adopt_backend_time(result["currentTime"])
+            await self._heartbeat(link)
+
+    async def _heartbeat(self, link: _Link) -> None:
+        self.clock.adopt_backend_time((await self._call(link, "Heartbeat", {}))["currentTime"])
+
+    def _all_statuses(self) -> list[StatusChanged]:
+        """Connector 0 (the cluster's main controller, OCPP 1.6 §3.8) and every connector."""
+        return [StatusChanged(0, "Available", "NoError", None, self.clock.wall()), *self._statuses()]
 
     async def _send_statuses(self, link: _Link) -> None:
         """Connector 0 and every connector right after boot, then each change as it happens."""
         while not self._status_queue.empty():
             self._status_queue.get_nowait()  # superseded by the full round below
-        for s in [StatusChanged(0, "Available", "NoError", None, self.clock.wall()), *self._statuses()]:
+        for s in self._all_statuses():
             await self._send_status(link, s)
         while True:
             await self._send_status(link, await self._status_queue.get())
@@ -280,26 +286,22 @@ class Uplink:
         """The messages TriggerMessage asked for, each after its Accepted went out."""
         while True:
             message, cid = await self._triggers.get()
-            wall = self.clock.wall()
             if message == "BootNotification":
                 result = await self._call(link, "BootNotification", self._boot_payload())
                 self.clock.adopt_backend_time(result["currentTime"])
             elif message == "Heartbeat":
-                self.clock.adopt_backend_time((await self._call(link, "Heartbeat", {}))["currentTime"])
+                await self._heartbeat(link)
             elif message == "StatusNotification":
-                everyone = [StatusChanged(0, "Available", "NoError", None, wall), *self._statuses()]
-                for s in everyone if cid is None else [s for s in everyone if s.connector_id == cid]:
-                    await self._send_status(link, s)
+                for s in self._all_statuses():
+                    if cid in (None, s.connector_id):
+                        await self._send_status(link, s)
             elif message == "MeterValues":
                 for connector_id, reading in sorted(self._readings().items()):
                     if cid in (None, 0, connector_id):
-                        measurands = self.ocpp.meter_values_sampled_data
-                        entry = {"timestamp": self.clock.utc_iso(wall), "sampledValue": ocpp_messages.sampled_values(reading, measurands, "Trigger")}
+                        entry = ocpp_messages.meter_value(reading, self.ocpp.meter_values_sampled_data, self.clock.wall(), self.clock, "Trigger")
                         await self._call(link, "MeterValues", ocpp_messages.meter_values(connector_id, [entry]))
-            elif message == "DiagnosticsStatusNotification":
-                await self._call(link, message, {"status": "Idle"})
-            elif message == "FirmwareStatusNotification":
-                await self._call(link, message, {"status": "Idle"})
+            elif message in ("DiagnosticsStatusNotification", "FirmwareStatusNotification"):
+                await self._call(link, message, {"status": "Idle"})  # no upload or update under way
 
     async def _send_status(self, link: _Link, s: StatusChanged) -> None:
         payload = ocpp_messages.status_notification(s.connector_id, s.status, s.error_code, s.info, s.wall, self.clock)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from gateway.daemon import Daemon, ResetRequested
 from gateway.settings import Config
 from gateway.simulator import run_simulation
 from gateway.store import Store
+from tests.loopback import free_port
 from tests.ocpp_rpc_peer import OcppCallError, OcppRpcBackend
 
 pytestmark = pytest.mark.interop
@@ -33,19 +33,13 @@ IDENTITY = "CP-CMD-01"
 LIMIT_REGISTER = 261  # Heidelberg holding register: the current limit in 0.1 A
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cluster_config(tmp_path: Path, backend_url: str, free_tag: bool) -> Config:
     doc = {
         "charge_point": {"identity": IDENTITY, "vendor": "OpenGateway", "model": "Cluster"},
         "backend": {"url": backend_url},
         "buses": [{"name": "lan", "kind": "tcp", "poll_interval_s": 0.5}],
         "connectors": [
-            {"id": c, "bus": "lan", "host": "127.0.0.1", "port": _port(), "unit": 1, "profile": "heidelberg-energy-control"}
+            {"id": c, "bus": "lan", "host": "127.0.0.1", "port": free_port(), "unit": 1, "profile": "heidelberg-energy-control"}
             for c in (1, 2)
         ],
         "storage": {"path": str(tmp_path / "gw.db")},
@@ -76,11 +70,14 @@ class Running:
             master.close()
 
     async def until(self, predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
-        async with asyncio.timeout(timeout):
-            while not await asyncio.to_thread(predicate):
-                if self.task.done():
-                    self.task.result()
-                await asyncio.sleep(0.2)
+        try:
+            async with asyncio.timeout(timeout):
+                while not await asyncio.to_thread(predicate):
+                    if self.task.done():
+                        self.task.result()
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise AssertionError(f"not within {timeout:g} s: {what or 'the condition'}") from None
 
     def status(self, connector_id: int) -> str | None:
         calls = [c for c in self.backend.calls("StatusNotification", IDENTITY) if c["params"]["connectorId"] == connector_id]
@@ -167,6 +164,13 @@ async def test_availability_disables_the_slave_and_is_kept(tmp_path: Path) -> No
         stop = c.backend.calls("StopTransaction", IDENTITY)[-1]["params"]
         assert stop["reason"] == "Remote" and stop["transactionId"] == tx_id
         assert (await c.call("RemoteStopTransaction", {"transactionId": 999999}))["status"] == "Rejected"
+        # The whole station (connector 0): Scheduled while connector 1 charges; Operative again frees both.
+        assert (await c.call("ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}))["status"] == "Scheduled"
+        assert (await c.call("ChangeAvailability", {"connectorId": 0, "type": "Operative"}))["status"] == "Scheduled"
+        await c.until(lambda: c.status(2) != "Unavailable", timeout=5, what="connector 2 operative with the station")
+        assert all(conn.operative for conn in c.daemon.connectors.values())
+        assert (await c.call("ChangeAvailability", {"connectorId": 2, "type": "Inoperative"}))["status"] == "Accepted"
+        await c.until(lambda: c.status(2) == "Unavailable", timeout=5)
     store = await Store.open(tmp_path / "gw.db")
     daemon = Daemon(cluster_config(tmp_path, "ws://127.0.0.1:9/ocpp", True), store, Clock())
     await daemon.recover()
@@ -192,6 +196,13 @@ async def test_trigger_and_the_small_core_commands(tmp_path: Path) -> None:
         await c.backend.wait_for_calls("StatusNotification", before + 1, timeout=5)
         assert (await c.call("TriggerMessage", {"requestedMessage": "Heartbeat"}))["status"] == "Accepted"
         await c.backend.wait_for_calls("Heartbeat", 1, timeout=5)
+        await c.until(lambda: all(p.last_reading for p in c.daemon.pollers), what="both slaves polled")
+        assert (await c.call("TriggerMessage", {"requestedMessage": "MeterValues", "connectorId": 2}))["status"] == "Accepted"
+        triggered = await c.backend.wait_for(
+            lambda r: r["type"] == "call" and r["method"] == "MeterValues"
+            and r["params"]["meterValue"][0]["sampledValue"][0].get("context") == "Trigger", timeout=5,
+        )
+        assert triggered["params"]["connectorId"] == 2
         assert (await c.call("TriggerMessage", {"requestedMessage": "StatusNotification", "connectorId": 9}))["status"] == "Rejected"
         assert (await c.call("DataTransfer", {"vendorId": "com.example"}))["status"] == "UnknownVendorId"
         assert (await c.call("ClearCache", {}))["status"] == "Accepted"

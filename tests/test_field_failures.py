@@ -30,8 +30,9 @@ from tests.clocks import HandClock
 from tests.fault_proxy import FaultProxy
 from tests.kill_judge import IDENTITY as CLUSTER_IDENTITY
 from tests.killing import Scenario, read_events, spawn_gateway, terminate, write_config
-from tests.ocpp_rpc_peer import OcppCallError, OcppRpcBackend
+from tests.ocpp_rpc_peer import OcppRpcBackend
 from tests.uplinks import CLOCK, INFO, drained, offline_session, running, statuses
+from tests.virtual_cluster import IDENTITY as WEEK_IDENTITY
 from tests.virtual_cluster import SimulatedSlaves, VirtualCluster, WeekScenario, judge
 from tests.virtual_cluster import write_config as write_virtual_config
 
@@ -301,25 +302,27 @@ async def test_failure_08_commands_before_the_boot_is_accepted_are_answered_with
     """evcc PR #27309, lbbrhzn/ocpp#1503: a backend that sends commands before it has handled the boot.
 
     The charge point answers each on the same connection, keeps the Pending interval between boots, and
-    carries on once Accepted.
+    carries on once Accepted. The daemon's own uplink and command handlers (its slaves are not needed).
     """
-    store = await Store.open(tmp_path / "gw.db")
-    await offline_session(store)
     async with OcppRpcBackend() as backend:
         await backend.configure(boot_status="Pending", heartbeat_interval=2)
-        uplink = Uplink(INFO, BackendSettings(url=backend.url), OcppSettings(), store, CLOCK, statuses)
-        async with running(uplink):
+        config = load_config(write_virtual_config(tmp_path, backend.url, WeekScenario(connectors=2)))
+        store = await Store.open(config.storage.path)
+        await offline_session(store)
+        daemon = Daemon(config, store, CLOCK)
+        await daemon.recover()
+        async with running(daemon.uplink):
             await backend.wait_for_calls("BootNotification", 1, timeout=10)
-            for method, params in (("GetConfiguration", {}), ("TriggerMessage", {"requestedMessage": "Heartbeat"}), ("ClearCache", {})):
-                try:
-                    await backend.call(INFO.identity, method, params, timeout=5)
-                except OcppCallError as exc:
-                    assert exc.code in ("NotImplemented", "NotSupported"), f"{method}: {exc.code}"
+            # Answered with a CALLRESULT, not a CALLERROR, on the connection that is waiting for its boot.
+            assert (await backend.call(WEEK_IDENTITY, "GetConfiguration", {}, timeout=5))["configurationKey"]
+            assert (await backend.call(WEEK_IDENTITY, "TriggerMessage", {"requestedMessage": "Heartbeat"}, timeout=5))["status"] == "Accepted"
+            assert (await backend.call(WEEK_IDENTITY, "ClearCache", {}, timeout=5))["status"] == "Accepted"
             await backend.wait_for_calls("BootNotification", 2, timeout=10)
             await backend.configure(boot_status="Accepted", heartbeat_interval=3600)
             await drained(store, 20)
-        boots = [c["received"] for c in backend.calls("BootNotification", INFO.identity)]
-        assert len(backend.of_type("connect", INFO.identity)) == 1, "one connection: no reconnect loop"
+            await backend.wait_for_calls("Heartbeat", 1, timeout=5)  # the triggered one, after the boot
+        boots = [c["received"] for c in backend.calls("BootNotification", WEEK_IDENTITY)]
+        assert len(backend.of_type("connect", WEEK_IDENTITY)) == 1, "one connection: no reconnect loop"
         assert all(b - a >= 1.8 for a, b in zip(boots, boots[1:], strict=False)), "the Pending interval is kept"
         assert backend.violations == []
     await store.close()
