@@ -29,6 +29,7 @@ from gateway.session import Connector, Effect
 from gateway.settings import Config
 from gateway.smart_charging import ProfileSet, composite_to_ocpp
 from gateway.store import VENDOR_ID, Store
+from gateway.uplink import TRIGGERABLE
 
 log = logging.getLogger("gateway.control")
 
@@ -271,9 +272,7 @@ class Control:
         message, cid = p["requestedMessage"], p.get("connectorId")
         if cid is not None and cid != 0 and cid not in self._cluster.connectors:
             return {"status": "Rejected"}
-        supported = ("BootNotification", "StatusNotification", "MeterValues", "Heartbeat",
-                     "DiagnosticsStatusNotification", "FirmwareStatusNotification")
-        if message not in supported:
+        if message not in TRIGGERABLE:
             return {"status": "NotImplemented"}
         self._cluster.trigger(message, cid)
         return {"status": "Accepted"}

@@ -36,6 +36,11 @@ from gateway.store import QueuedMessage, Store
 log = logging.getLogger("gateway.uplink")
 
 OCPP_SUBPROTOCOL = "ocpp1.6"
+# What TriggerMessage may ask for (OCPP 1.6 §5.17); _send_triggered sends each.
+TRIGGERABLE = frozenset({
+    "BootNotification", "StatusNotification", "MeterValues", "Heartbeat",
+    "DiagnosticsStatusNotification", "FirmwareStatusNotification",
+})
 CLOCK_WAIT_S = 10.0  # how often the outbox looks again while the clock is unset
 
 

@@ -237,6 +237,15 @@ async def _outbox_actions(store: Store) -> Counter[str]:
         return Counter({action: n for action, n in await cursor.fetchall()})
 
 
+@dataclass
+class _Arrived:
+    """One transaction as the backend received it."""
+
+    start: int  # meterStart
+    stop: int | None  # meterStop, None while no StopTransaction came
+    stamps: list[str]  # every timestamp of its messages, in arrival order
+
+
 def judge(calls: list[Record], results: list[Record], events: list[SlaveEvent], samples: int) -> list[str]:
     """What the backend got against what the simulator played: every session once, in order, every sample."""
     problems: list[str] = []
@@ -249,8 +258,8 @@ def judge(calls: list[Record], results: list[Record], events: list[SlaveEvent], 
             continue
         by_id[c["messageId"]] = c
     tx_of = {r["messageId"]: r["result"]["transactionId"] for r in results if "transactionId" in r.get("result", {})}
-    sessions: dict[int, dict] = {}  # transactionId -> what arrived for it
-    per_connector: dict[int, list[dict]] = defaultdict(list)
+    sessions: dict[int, _Arrived] = {}  # by transactionId
+    per_connector: dict[int, list[_Arrived]] = defaultdict(list)
     entries = 0
     last_stamp = ""
     for c in by_id.values():
@@ -264,25 +273,24 @@ def judge(calls: list[Record], results: list[Record], events: list[SlaveEvent], 
             if tx is None:
                 problems.append(f"StartTransaction {c['messageId']} never answered")
                 continue
-            s = {"connector": p["connectorId"], "start": p["meterStart"], "stop": None, "stamps": [p["timestamp"]]}
-            sessions[tx] = s
-            per_connector[p["connectorId"]].append(s)
+            sessions[tx] = _Arrived(p["meterStart"], None, [p["timestamp"]])
+            per_connector[p["connectorId"]].append(sessions[tx])
             continue
-        s2 = sessions.get(p["transactionId"])
-        if s2 is None:
+        arrived = sessions.get(p["transactionId"])
+        if arrived is None:
             problems.append(f"{c['method']} for unknown transaction {p['transactionId']}")
             continue
-        if s2["stop"] is not None:
+        if arrived.stop is not None:
             problems.append(f"{c['method']} for transaction {p['transactionId']} after its StopTransaction")
         if c["method"] == "MeterValues":
             stamps = [e["timestamp"] for e in p["meterValue"]]
             entries += len(stamps)
         else:
             stamps = [p["timestamp"]]
-            s2["stop"] = p["meterStop"]
-        if stamps != sorted(stamps) or stamps[0] < s2["stamps"][-1]:
+            arrived.stop = p["meterStop"]
+        if stamps != sorted(stamps) or stamps[0] < arrived.stamps[-1]:
             problems.append(f"transaction {p['transactionId']}: {c['method']} out of time order")
-        s2["stamps"] += stamps
+        arrived.stamps += stamps
     if entries != samples:
         problems.append(f"{samples} samples queued, {entries} meterValue entries arrived")
     # Every plug-in -> unplug the simulator played is one session at the backend, with the meter at those instants.
@@ -296,8 +304,8 @@ def judge(calls: list[Record], results: list[Record], events: list[SlaveEvent], 
         got = per_connector.get(connector, [])
         if len(got) != len(plays):
             problems.append(f"connector {connector}: {len(plays)} plug-ins played, {len(got)} sessions at the backend")
-        for n, ((plug, unplug), s3) in enumerate(zip(plays, got, strict=False)):
-            if (plug, unplug) != (s3["start"], s3["stop"]):
-                problems.append(f"connector {connector} session {n}: played {plug}..{unplug} Wh, backend got {s3['start']}..{s3['stop']}")
+        for n, ((plug, unplug), arrived) in enumerate(zip(plays, got, strict=False)):
+            if (plug, unplug) != (arrived.start, arrived.stop):
+                problems.append(f"connector {connector} session {n}: played {plug}..{unplug} Wh, backend got {arrived.start}..{arrived.stop}")
     return problems
 
