@@ -66,8 +66,9 @@ def _utc(wall: float) -> datetime:
 class Control:
     """What the backend set (kept across restarts) and the handlers of its commands."""
 
-    def __init__(self, config: Config, store: Store, clock: Clock) -> None:
+    def __init__(self, config: Config, store: Store, clock: Clock, cluster: Cluster) -> None:
         self.config = config
+        self.cluster = cluster
         self.store = store
         self.clock = clock
         ids = [c.id for c in config.connectors]
@@ -81,7 +82,6 @@ class Control:
         self._phases = {c.id: config.profile_of(c).phases for c in config.connectors}
         self.inoperative: set[int] = set()  # connectors the backend made Inoperative
         self.scheduled: dict[int, bool] = {}  # availability changes waiting for a transaction to end
-        self.cluster: Cluster | None = None
 
     # --- persistence ---------------------------------------------------------------
 
@@ -132,7 +132,7 @@ class Control:
 
     async def limit_a(self, connector_id: int) -> float | None:
         """The smart-charging limit of a connector now, in A; None: no profile limits it."""
-        tx = await self._cluster.transaction_context(connector_id)
+        tx = await self.cluster.transaction_context(connector_id)
         return self.profiles.limit_at(connector_id, _utc(self.clock.wall()), tx, self._phases[connector_id], NOMINAL_VOLTAGE_V)
 
     def handlers(self) -> dict[str, Handler]:
@@ -156,19 +156,13 @@ class Control:
             "GetCompositeSchedule": self.get_composite_schedule,
         }
 
-    @property
-    def _cluster(self) -> Cluster:
-        if self.cluster is None:
-            raise RuntimeError("Control.cluster is not set")
-        return self.cluster
-
     # --- Core ----------------------------------------------------------------------------
 
     async def change_configuration(self, p: Payload) -> Payload:
         result = self.configuration.change(p["key"], p["value"])
         if result.status in (ChangeStatus.ACCEPTED, ChangeStatus.REBOOT_REQUIRED):
             await self._save("configuration")
-            self._cluster.settings_changed()
+            self.cluster.settings_changed()
             log.info("configuration %s changed by the backend", result.key)  # never the value: it may be a key
         return {"status": result.status.value}
 
@@ -199,7 +193,7 @@ class Control:
     async def change_availability(self, p: Payload) -> Payload:
         cid, operative = p["connectorId"], p["type"] == "Operative"
         targets = self.connector_ids if cid == 0 else [self._connector(cid)]  # §5.2: 0 is every connector
-        busy = {c for c in targets if self._cluster.connectors[c].transaction is not None}
+        busy = {c for c in targets if self.cluster.connectors[c].transaction is not None}
         for c in targets:
             if c in busy:
                 self.scheduled[c] = operative  # applied when the transaction ends
@@ -215,8 +209,8 @@ class Control:
         wall = self.clock.wall()
         effects: list[Effect] = []
         for c in connector_ids:
-            effects += self._cluster.connectors[c].set_operative(self.operative(c), wall)
-        await self._cluster.handle_effects(effects)
+            effects += self.cluster.connectors[c].set_operative(self.operative(c), wall)
+        await self.cluster.handle_effects(effects)
 
     async def transaction_ended(self, connector_id: int) -> None:
         """A transaction stopped: its TxProfiles go (§3.13.2), a scheduled availability change applies."""
@@ -239,42 +233,42 @@ class Control:
         cid = p.get("connectorId")
         if cid is None:
             cid = self._free_connector(p["idTag"])
-        elif cid not in self._cluster.connectors:
+        elif cid not in self.cluster.connectors:
             return {"status": "Rejected"}
         if cid is None or not self._may_take(cid, p["idTag"]):
             return {"status": "Rejected"}
-        self._cluster.request_remote_start(cid, p["idTag"], profile)
+        self.cluster.request_remote_start(cid, p["idTag"], profile)
         return {"status": "Accepted"}
 
     def _free_connector(self, id_tag: str) -> int | None:
         """For a remote start without connectorId: a plugged EV waiting first, else any free connector."""
         candidates = [c for c in self.connector_ids if self._may_take(c, id_tag)]
-        waiting = [c for c in candidates if self._cluster.connectors[c].status == "Preparing"]
+        waiting = [c for c in candidates if self.cluster.connectors[c].status == "Preparing"]
         return (waiting or candidates)[0] if candidates else None
 
     def _may_take(self, cid: int, id_tag: str) -> bool:
-        connector = self._cluster.connectors[cid]
+        connector = self.cluster.connectors[cid]
         if connector.transaction is not None or not self.operative(cid) or connector.status in ("Faulted", "Finishing"):
             return False
         return self.reservations.may_start(cid, id_tag, None, _utc(self.clock.wall()))
 
     async def remote_stop(self, p: Payload) -> Payload:
-        stopped = await self._cluster.stop_transaction(p["transactionId"], "Remote")
+        stopped = await self.cluster.stop_transaction(p["transactionId"], "Remote")
         return {"status": "Accepted" if stopped else "Rejected"}
 
     async def reset(self, p: Payload) -> Payload:
-        self._cluster.request_reset(hard=p["type"] == "Hard")
+        self.cluster.request_reset(hard=p["type"] == "Hard")
         return {"status": "Accepted"}
 
     # --- Remote Trigger ------------------------------------------------------------------
 
     async def trigger_message(self, p: Payload) -> Payload:
         message, cid = p["requestedMessage"], p.get("connectorId")
-        if cid is not None and cid != 0 and cid not in self._cluster.connectors:
+        if cid is not None and cid != 0 and cid not in self.cluster.connectors:
             return {"status": "Rejected"}
         if message not in TRIGGERABLE:
             return {"status": "NotImplemented"}
-        self._cluster.trigger(message, cid)
+        self.cluster.trigger(message, cid)
         return {"status": "Accepted"}
 
     # --- Local Auth List Management ------------------------------------------------------
@@ -302,7 +296,7 @@ class Control:
             reservation = Reservation.from_wire(p)
         except Exception as exc:
             raise PropertyConstraintViolationError(description=str(exc)) from None
-        statuses = {c: conn.status for c, conn in self._cluster.connectors.items()}
+        statuses = {c: conn.status for c, conn in self.cluster.connectors.items()}
         result = self.reservations.reserve(reservation, statuses, _utc(self.clock.wall()))
         if result.status is ReservationStatus.ACCEPTED:
             await self._save("reservations")
@@ -323,9 +317,9 @@ class Control:
             await self._save("reservations")
         wall = self.clock.wall()
         effects: list[Effect] = []
-        for c, connector in self._cluster.connectors.items():
+        for c, connector in self.cluster.connectors.items():
             effects += connector.set_reserved(self.reservations.is_reserved(c, now), wall)
-        await self._cluster.handle_effects(effects)
+        await self.cluster.handle_effects(effects)
 
     # --- Smart Charging ------------------------------------------------------------------
 
@@ -335,7 +329,7 @@ class Control:
             self._connector(cid)
         try:
             profile = ChargingProfile.from_ocpp(p["csChargingProfiles"])
-            tx = await self._cluster.transaction_context(cid) if cid else None
+            tx = await self.cluster.transaction_context(cid) if cid else None
             self.profiles.install(cid, profile, tx=tx, limits=self.limits)
         except ProfileRejected as exc:
             log.warning("charging profile refused: %s", exc)
@@ -346,7 +340,7 @@ class Control:
     async def install_tx_profile(self, connector_id: int, profile: ChargingProfile) -> None:
         """The TxProfile of a RemoteStartTransaction, once its transaction has started."""
         try:
-            tx = await self._cluster.transaction_context(connector_id)
+            tx = await self.cluster.transaction_context(connector_id)
             self.profiles.install(connector_id, profile, tx=tx, limits=self.limits)
         except ProfileRejected as exc:
             log.warning("connector %d: charging profile of the remote start refused: %s", connector_id, exc)
@@ -362,12 +356,12 @@ class Control:
 
     async def get_composite_schedule(self, p: Payload) -> Payload:
         cid, duration = p["connectorId"], p["duration"]
-        if cid != 0 and cid not in self._cluster.connectors:
+        if cid != 0 and cid not in self.cluster.connectors:
             return {"status": "Rejected"}
         unit = RateUnit(p.get("chargingRateUnit", "A"))
         phases, max_a = self._electrical(cid)
         start = _utc(self.clock.wall())
-        tx = await self._cluster.transaction_context(cid) if cid else None
+        tx = await self.cluster.transaction_context(cid) if cid else None
         periods = self.profiles.composite_schedule(cid, start, duration, unit, tx, phases, NOMINAL_VOLTAGE_V)
         unlimited = max_a if unit is RateUnit.A else max_a * phases * NOMINAL_VOLTAGE_V
         return composite_to_ocpp(cid, start, duration, unit, periods, unlimited)

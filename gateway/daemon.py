@@ -57,8 +57,7 @@ class Daemon:
         self.statuses: dict[int, StatusChanged] = {}
         self._pending: list[Effect] = []  # effects not yet committed (the disk refused them)
         self._commit_lock = asyncio.Lock()
-        self.control = Control(config, store, clock)
-        self.control.cluster = self
+        self.control = Control(config, store, clock, cluster=self)
         self.uplink = Uplink(
             config.charge_point, config.backend, config.ocpp, store, clock,
             statuses=lambda: [self.statuses[c] for c in sorted(self.statuses)],
