@@ -133,7 +133,9 @@ class Daemon:
 
     async def _started(self, effect: TransactionStarted) -> None:
         remote = self._remote_starts.pop(effect.connector_id, None)
-        if effect.transaction.reservation_id is not None:
+        held = self.control.reservations.reservation_for(effect.connector_id)
+        # The reservation may have expired between the poll that chose its tag and this commit.
+        if held is not None and held.reservation_id == effect.transaction.reservation_id:
             self.control.reservations.consume(effect.connector_id)
             await self.control.apply_reservations()
         if remote is not None and remote.profile is not None and remote.id_tag == effect.transaction.id_tag:

@@ -21,6 +21,7 @@ from modbus_tk.modbus_tcp import TcpMaster
 from gateway.clock import Clock
 from gateway.config import load_config_with_warnings
 from gateway.daemon import Daemon, ResetRequested
+from gateway.session import Transaction, TransactionStarted
 from gateway.settings import Config
 from gateway.simulator import run_simulation
 from gateway.store import Store
@@ -238,3 +239,15 @@ async def test_a_soft_reset_stops_transactions_and_restarts(tmp_path: Path) -> N
         assert group.group_contains(ResetRequested)
         async with c.daemon.store._db.execute("SELECT stop_reason FROM sessions WHERE stopped IS NOT NULL") as cursor:
             assert [row[0] for row in await cursor.fetchall()] == ["SoftReset", "SoftReset"]
+
+
+async def test_a_start_whose_reservation_expired_meanwhile_does_not_take_the_daemon_down(tmp_path: Path) -> None:
+    """The poller chose the reservation's tag, then the reservation expired before the start was committed."""
+    config = cluster_config(tmp_path, "ws://127.0.0.1:9/ocpp", free_tag=True)
+    store = await Store.open(config.storage.path)
+    daemon = Daemon(config, store, Clock())
+    await daemon.recover()
+    started = TransactionStarted(1, Transaction("late", "TAG", 100, Clock().wall(), reservation_id=3))
+    assert await daemon.handle_effects([started])
+    assert (await store.open_sessions())[1].key == "late"
+    await store.close()
