@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -58,16 +59,27 @@ def poller(config: Config, line: SerialLine, settings: ConnectorSettings, rec: R
     )
 
 
-async def test_session_on_a_real_line_with_a_dead_neighbour(tmp_path: Path) -> None:
-    config = line_config(tmp_path)
-    sim_events: list[dict] = []
+@contextlib.asynccontextmanager
+async def simulated_line(config: Config, sim_events: list[dict]) -> AsyncIterator[tuple[asyncio.TaskGroup, SerialLine]]:
+    """The simulator's slaves on a pty and the line that owns it, in a TaskGroup; every task is cancelled after."""
     ready = asyncio.Event()
-    limits: list[int] = []
     async with asyncio.TaskGroup() as tg:
         sim = tg.create_task(run_simulation(config, on_event=sim_events.append, ready=ready))
         await ready.wait()
         line = SerialLine(config.buses[0])
         owner = tg.create_task(line.run())
+        try:
+            yield tg, line
+        finally:
+            owner.cancel()
+            sim.cancel()
+
+
+async def test_session_on_a_real_line_with_a_dead_neighbour(tmp_path: Path) -> None:
+    config = line_config(tmp_path)
+    sim_events: list[dict] = []
+    limits: list[int] = []
+    async with simulated_line(config, sim_events) as (tg, line):
         live, dead = Recorder(), Recorder()
         live_poller = poller(config, line, config.connectors[0], live)
         # Unit 9 is on the line in the config of this poller only: nobody answers it.
@@ -81,7 +93,7 @@ async def test_session_on_a_real_line_with_a_dead_neighbour(tmp_path: Path) -> N
                 await asyncio.sleep(0.2)
             while limits[-1] != 0:  # the pause follows the stop within the same poll
                 limits.append((await line.read(1, Table.HOLDING, LIMIT_REGISTER, 1, timeout_s=1.0))[0])
-        for task in (*pollers, owner, sim):
+        for task in pollers:
             task.cancel()
 
     # The box starts at its maximum (left so by a previous master) and is paused at once, before any EV.
@@ -106,14 +118,8 @@ async def test_session_on_a_real_line_with_a_dead_neighbour(tmp_path: Path) -> N
 async def test_no_current_for_a_session_the_store_refused(tmp_path: Path) -> None:
     """A full disk: the Start exists only in memory, so the box must stay as the last committed state left it."""
     config = line_config(tmp_path)
-    sim_events: list[dict] = []
-    ready = asyncio.Event()
     limits: list[int] = []
-    async with asyncio.TaskGroup() as tg:
-        sim = tg.create_task(run_simulation(config, on_event=sim_events.append, ready=ready))
-        await ready.wait()
-        line = SerialLine(config.buses[0])
-        owner = tg.create_task(line.run())
+    async with simulated_line(config, []) as (tg, line):
         refused = Recorder(commits=False)
         polling = tg.create_task(poller(config, line, config.connectors[0], refused).run())
         async with asyncio.timeout(30):
@@ -122,6 +128,5 @@ async def test_no_current_for_a_session_the_store_refused(tmp_path: Path) -> Non
             for _ in range(10):  # a few more polls with the session only in memory
                 limits.append((await line.read(1, Table.HOLDING, LIMIT_REGISTER, 1, timeout_s=1.0))[0])
                 await asyncio.sleep(0.2)
-        for task in (polling, owner, sim):
-            task.cancel()
+        polling.cancel()
     assert set(limits) == {0}, "paused: no current for a session that exists only in memory"

@@ -16,6 +16,7 @@ from gateway.session import (
     TransactionStarted,
     TransactionStopped,
     classify,
+    reported_status,
 )
 
 
@@ -140,3 +141,39 @@ def test_authorize_needs_an_energy_reading() -> None:
 def test_state_and_transaction_must_agree() -> None:
     with pytest.raises(ValueError):
         Connector(1, State.CHARGING, None)
+
+
+# --- availability and reservation over the plug state (OCPP 1.6 §5.2, §5.13) ------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "operative", "reserved", "status"),
+    [
+        (State.AVAILABLE, True, False, "Available"),
+        (State.AVAILABLE, True, True, "Reserved"),
+        (State.AVAILABLE, False, True, "Unavailable"),
+        (State.PREPARING, False, False, "Unavailable"),
+        (State.PREPARING, True, True, "Preparing"),  # the reservation shows only while the connector is free
+        (State.CHARGING, False, False, "Charging"),  # Inoperative waits for the transaction to end
+        (State.FAULTED, False, True, "Faulted"),
+        (State.FAULTED_TX, True, False, "Faulted"),
+    ],
+)
+def test_reported_status(state: State, operative: bool, reserved: bool, status: str) -> None:
+    assert reported_status(state, operative, reserved) == status
+
+
+def test_availability_and_reservation_change_the_status_once_and_block_starts() -> None:
+    c = Connector(1)
+    assert c.set_operative(False, 5.0) == [StatusChanged(1, "Unavailable", "NoError", None, 5.0)]
+    assert c.set_operative(False, 6.0) == [], "no news, no StatusNotification"
+    assert [e.status for e in c.on_reading(reading("B1"), 7.0)] == []  # plugged, still Unavailable
+    assert not c.can_start
+    with pytest.raises(IllegalTransition):
+        c.authorize("TAG", 8.0)
+    assert [e.status for e in c.set_operative(True, 9.0)] == ["Preparing"]
+    assert c.can_start
+    c2 = Connector(2)
+    assert [e.status for e in c2.set_reserved(True, 1.0)] == ["Reserved"]
+    assert [e.status for e in c2.on_reading(reading("B1"), 2.0)] == ["Preparing"]
+    assert c2.set_reserved(False, 3.0) == []
