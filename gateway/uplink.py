@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import websockets
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.exceptions import FormationViolationError, FormatViolationError, OCPPError
-from ocpp.messages import Call, MessageType, validate_payload
+from ocpp.messages import Call, CallError, CallResult, MessageType, validate_payload
 from ocpp.v16 import ChargePoint, call_result
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -93,19 +93,34 @@ class _Link(ChargePoint):
         both ways: about 23 ms for a 60-sample MeterValues on x86, far more on the ARM master,
         for nothing. Same steps otherwise: schema-validate the request, one call in flight
         (the library's lock), wait for the answer with our id, validate it. Uses the library's
-        private _call_lock/_send/_get_specific_response: ocpp is pinned to 2.1.x (setup.cfg).
+        private _call_lock/_send/_response_queue: ocpp is pinned to 2.1.x (setup.cfg).
         """
         request = Call(unique_id=unique_id, action=action, payload=payload)
         await validate_payload(request, self._ocpp_version)
         async with self._call_lock:
             await self._send(request.to_json())
-            response = await self._get_specific_response(unique_id, self._response_timeout)
+            response = await self._answer_to(unique_id)
         if response.message_type_id == MessageType.CallError:
             raise response.to_exception()
         response.action = action
         await validate_payload(response, self._ocpp_version)
         result: dict = response.payload
         return result
+
+    async def _answer_to(self, unique_id: str) -> CallResult | CallError:
+        """The answer with our id; a late answer to a call given up on earlier is dropped.
+
+        Not the library's _get_specific_response: its asyncio.wait_for can, on Python 3.11, swallow
+        a cancellation that arrives together with the answer (CPython gh-86296). The task then went
+        on waiting for the next status, and the uplink's TaskGroup never finished cancelling: a
+        shutdown or reconnect that hung. It also measured the deadline in wall time.
+        """
+        async with asyncio.timeout(self._response_timeout):
+            while True:
+                response = await self._response_queue.get()
+                if response.unique_id == unique_id:
+                    return response
+                log.warning("dropped an answer to a call no longer waited for (id %s)", response.unique_id)
 
 
 def _library_handler(action: str, handler: Handler) -> Callable[..., Awaitable[object]]:

@@ -7,11 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+from ocpp.messages import CallResult
+from websockets import Subprotocol
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 
 from gateway.session import Transaction, TransactionStarted, TransactionStopped
 from gateway.settings import BackendSettings, OcppSettings
 from gateway.store import Store
-from gateway.uplink import Uplink
+from gateway.uplink import Uplink, _Link
 from tests.ocpp_rpc_peer import OcppRpcBackend, make_self_signed_cert
 from tests.uplinks import CLOCK, INFO, drained, offline_session, running, statuses
 
@@ -156,3 +160,28 @@ async def test_unrecorded_energy_reaches_the_strict_backend_in_order(tmp_path: P
         assert json.loads(record["data"])["energyWh"] == 1500
         assert backend.violations == []
     await store.close()
+
+
+@pytest.mark.parametrize("turns_between", [0, 1])
+async def test_a_cancel_that_comes_with_the_answer_is_never_lost(turns_between: int) -> None:
+    """CPython gh-86296: on 3.11, asyncio.wait_for could return the answer and drop a cancel that came
+    with it. The uplink's status sender then waited forever and its TaskGroup never finished cancelling
+    (field failure 2's test hung now and then). A call that was cancelled must end cancelled."""
+
+    async def silent(connection: ServerConnection) -> None:
+        await connection.wait_closed()
+
+    async with serve(silent, "127.0.0.1", 0, subprotocols=[Subprotocol("ocpp1.6")]) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/CP", subprotocols=[Subprotocol("ocpp1.6")]) as ws:
+            link = _Link("CP", ws, {}, response_timeout=5)
+            call = asyncio.create_task(link.call_wire("Heartbeat", {}, "hb-1"))
+            await asyncio.sleep(0.1)  # the CALL is out; the task waits for its answer
+            link._response_queue.put_nowait(CallResult("hb-1", {"currentTime": "2026-11-21T10:00:00.000Z"}))
+            for _ in range(turns_between):
+                await asyncio.sleep(0)
+            if call.cancel():  # requested while the call had not finished: it must end cancelled
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+            else:
+                assert (await call)["currentTime"]
