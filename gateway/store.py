@@ -30,9 +30,10 @@ import itertools
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -135,6 +136,22 @@ def _thinned(rows: Sequence[tuple[int, str]], k: int) -> list[int]:
     return doomed
 
 
+async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run `cleanup` to its end even if the caller is cancelled meanwhile; that cancel is raised after it."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 class _CorruptFile(sqlite3.DatabaseError):
     """PRAGMA quick_check found damage."""
 
@@ -214,18 +231,28 @@ class Store:
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction at a time on the shared connection: the pollers and the
-        uplink commit from different tasks, and their awaits must not interleave a BEGIN."""
+        uplink commit from different tasks, and their awaits must not interleave a BEGIN.
+
+        A writer may be cancelled at any await (the uplink reconnects, the daemon stops), and
+        aiosqlite still runs the statement it had handed to its thread: a BEGIN or a COMMIT may
+        happen after the cancel. Whatever ended the block, the transaction is closed before the
+        lock is released, so the next writer never finds one left open.
+        """
         async with self._lock:
             try:
                 await self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    await self._db.execute("ROLLBACK")
-                    raise
+                yield self._db
                 await self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: {exc}") from exc
+            except BaseException as exc:
+                await _to_the_end(self._close_open_transaction())
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"{self.path}: {exc}") from exc
+                raise
+
+    async def _close_open_transaction(self) -> None:
+        await self._db.execute("SELECT 1")  # runs after whatever the cancelled writer had queued
+        if self._db.in_transaction:
+            await self._db.execute("ROLLBACK")
 
     async def _write(self, statements: Sequence[tuple[str, tuple]]) -> None:
         """Run statements in one transaction: all of them are committed, or none."""

@@ -351,3 +351,20 @@ async def test_a_locked_database_is_not_corrupt(tmp_path: Path) -> None:
     store = await Store.open(db)
     assert await store.pending() == 1, "the queued StartTransaction is still there"
     await store.close()
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+async def test_a_writer_cancelled_at_any_step_leaves_the_store_usable(tmp_path: Path, turns: int) -> None:
+    """aiosqlite runs a statement on its thread even when the awaiting task is cancelled. A cancel that
+    landed on BEGIN left the shared connection inside a transaction, and every later write failed with
+    "cannot start a transaction within a transaction" until a restart (field failure 12's test, in CI)."""
+    store = await Store.open(tmp_path / "gw.db")
+    writer = asyncio.create_task(store.save_state("first", {"n": 1}))
+    for _ in range(turns):  # cancel at BEGIN, at the statement, at COMMIT, or after
+        await asyncio.sleep(0)
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+    await store.save_state("second", {"n": 2})
+    assert await store.load_state("second") == {"n": 2}
+    assert await store.load_state("first") in (None, {"n": 1}), "all of a write or nothing of it"
+    await store.close()
