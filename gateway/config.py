@@ -39,6 +39,7 @@ from gateway.settings import (
     ConnectorSettings,
     OcppSettings,
     SimulatorSettings,
+    SiteSettings,
     StorageSettings,
 )
 from gateway.yamlschema import (
@@ -83,6 +84,14 @@ def _ws_url(value: str) -> str | None:
             "must be a plain URL without ?query, #fragment or spaces: the identity is appended as its last path segment"
         )
     return None
+
+
+def _distinct(value: list[Any]) -> str | None:
+    return "each phase may appear only once" if len(set(value)) != len(value) else None
+
+
+def _tuple_or_none(value: list[Any] | None) -> Any:
+    return None if value is None else tuple(value)
 
 
 def _low_high(value: list[Any]) -> str | None:
@@ -163,6 +172,7 @@ _CONFIG = Field(
                                 "port": Field(int, min=1, max=65535),
                                 "id_tag": Field(str, min=1, max=20),  # IdToken is CiString20Type (OCPP 1.6 §7.28)
                                 "max_current_a": Field(float, above=0),
+                                "phases": Field(ListOf(Field(int, min=1, max=3)), min=1, max=3, check=_distinct),
                             },
                         )
                     )
@@ -175,6 +185,16 @@ _CONFIG = Field(
             ),
             "authorization": Field(
                 dataclass_map(AuthorizationSettings, {"free_charging_id_tag": Field(str, min=1, max=20)})
+            ),
+            "site": Field(
+                dataclass_map(
+                    SiteSettings,
+                    {
+                        "phase_limit_a": Field(ListOf(Field(float, above=0)), min=3, max=3),
+                        "rotation_s": Field(float, min=60),
+                        "failsafe_current_a": Field(float, min=0),
+                    },
+                )
             ),
             "ocpp": Field(
                 dataclass_map(
@@ -297,6 +317,7 @@ class _Checks:
             self.timing,
             self.line_settings,
             self.backend,
+            self.wiring,
         ):
             check()
 
@@ -489,6 +510,16 @@ class _Checks:
                             f"is {have}, but profile {profile.name!r} (connectors[{i}]) expects {want}",
                         )
 
+    def wiring(self) -> None:
+        """A connector's site phases name one site phase for each phase of its device."""
+        for i, connector in self.connectors:
+            profile, phases = self.profiles.get(connector.get("profile", "")), connector.get("phases")
+            if profile is not None and isinstance(phases, list) and len(phases) != profile.phases:
+                self.error(
+                    ("connectors", i, "phases"),
+                    f"names {len(phases)} site phases, but {profile.name!r} has {profile.phases}",
+                )
+
     def backend(self) -> None:
         backend = self.data.get("backend", {})
         low, high = backend.get("reconnect_min_s"), backend.get("reconnect_max_s")
@@ -539,9 +570,10 @@ def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], sourc
             )
         ),
         buses=tuple(bus(b) for b in data["buses"]),
-        connectors=tuple(ConnectorSettings(**c) for c in data["connectors"]),
+        connectors=tuple(ConnectorSettings(**(c | {"phases": _tuple_or_none(c["phases"])})) for c in data["connectors"]),
         storage=StorageSettings(path=_resolve(base, data["storage"]["path"]), outbox_budget_mb=data["storage"]["outbox_budget_mb"]),
         authorization=AuthorizationSettings(**data["authorization"]),
+        site=SiteSettings(**(data["site"] | {"phase_limit_a": _tuple_or_none(data["site"]["phase_limit_a"])})),
         ocpp=OcppSettings(
             **(ocpp | {"meter_values_sampled_data": tuple(ocpp["meter_values_sampled_data"]), "hard_reset_command": tuple(ocpp["hard_reset_command"])})
         ),

@@ -135,6 +135,10 @@ class Control:
         tx = await self.cluster.transaction_context(connector_id)
         return self.profiles.limit_at(connector_id, _utc(self.clock.wall()), tx, self._phases[connector_id], NOMINAL_VOLTAGE_V)
 
+    def station_limit_a(self) -> float | None:
+        """The ChargePointMaxProfile limit now, in A per phase, for the whole cluster (§3.13.1); None: none."""
+        return self.profiles.station_max_at(_utc(self.clock.wall()), 3, NOMINAL_VOLTAGE_V)
+
     def handlers(self) -> dict[str, Handler]:
         return {
             "ChangeConfiguration": self.change_configuration,
@@ -371,7 +375,7 @@ class Control:
         settings = [c for c in self.config.connectors if cid in (0, c.id)]
         profiles = [self.config.profile_of(c) for c in settings]
         phases = max(p.phases for p in profiles)
-        max_a = sum(min(c.max_current_a or p.max_current_a, p.max_current_a) for c, p in zip(settings, profiles, strict=True))
+        max_a = sum(self.config.max_current_a(c) for c in settings)
         return phases, max_a
 
     def _connector(self, cid: int) -> int:

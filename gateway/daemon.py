@@ -19,15 +19,18 @@ from gateway.charging_profiles import ChargingProfile, TxContext
 from gateway.clock import Clock
 from gateway.control import Control
 from gateway.errors import StoreError
+from gateway.load_sharing import Demand, SnapshotError
 from gateway.modbus_line import build_lines, line_key
 from gateway.poller import ConnectorPoller
 from gateway.reading import Reading
 from gateway.session import Connector, Effect, State, StatusChanged, TransactionStarted, TransactionStopped
 from gateway.settings import Config
+from gateway.site_load import Outlet, SiteLoad
 from gateway.store import Store
 from gateway.uplink import Uplink
 
 RESET_GRACE_S = 1.0  # the Reset.conf goes out before the transactions are stopped and the daemon restarts
+SITE_SNAPSHOT_S = 60.0  # the load sharer's turns are kept this often (a restart loses at most this much)
 
 
 class ResetRequested(Exception):
@@ -66,6 +69,14 @@ class Daemon:
         )
         self.lines = build_lines(config)
         self.pollers: list[ConnectorPoller] = []
+        self.site = SiteLoad(
+            [
+                Outlet(c.id, config.site_phases(c), config.profile_of(c).min_current_a, config.max_current_a(c))
+                for c in config.connectors
+            ],
+            config.site.phase_limit_a, config.site.rotation_s,
+        )
+        self._own_limit_a: dict[int, float] = {}  # each connector's max with its own charging profiles, at its last poll
         self._remote_starts: dict[int, _RemoteStart] = {}
         # Free charging: every plug-in starts a session with this idTag (the connector's own, else the site's).
         self._free_tags = {c.id: c.id_tag or config.authorization.free_charging_id_tag for c in config.connectors}
@@ -75,6 +86,11 @@ class Daemon:
     async def recover(self) -> None:
         """Rebuild connectors; sessions still open in the store are resumed, and the next poll reconciles them."""
         await self.control.load()
+        if (snapshot := await self.store.load_state("load_sharing")) is not None:
+            try:
+                self.site.restore(snapshot, self.clock.monotonic())
+            except SnapshotError as exc:
+                log.error("kept load-sharing turns could not be restored, starting afresh: %s", exc)
         open_tx = await self.store.open_sessions()
         wall = self.clock.wall()
         now = datetime.fromtimestamp(wall, UTC)
@@ -95,7 +111,7 @@ class Daemon:
                 measurands=self.config.ocpp.meter_values_sampled_data,
                 sample_interval_s=self.config.ocpp.meter_value_sample_interval_s,
                 on_first_contact=self.reconcile_energy,
-                limit_source=self.control.limit_a,
+                limit_source=self.current_limit_a,
             ))
 
     async def handle_effects(self, effects: Sequence[Effect]) -> bool:
@@ -163,6 +179,32 @@ class Daemon:
                 return tag, held.reservation_id if held else None
         return None
 
+    # --- site load management -----------------------------------------------------------
+
+    async def current_limit_a(self, connector_id: int) -> float:
+        """What a connector in a transaction may offer: its own limits, then its share of the site limit."""
+        own, outlet_max = await self.control.limit_a(connector_id), self.site.outlets[connector_id].max_a
+        self._own_limit_a[connector_id] = outlet_max if own is None else min(outlet_max, own)
+        now = self.clock.monotonic()
+        station = self.control.station_limit_a()
+        offered = {p.settings.id: p.offered_a for p in self.pollers}
+        return self.site.allowed_a(connector_id, now, self._demands(now), offered, station)
+
+    def _demands(self, now: float) -> list[Demand]:
+        wall = self.clock.wall()
+        out = []
+        for p in self.pollers:
+            cid, outlet, tx = p.settings.id, self.site.outlets[p.settings.id], p.connector.transaction
+            reading = p.last_reading
+            out.append(Demand(
+                cid, frozenset(outlet.phases), min_a=outlet.min_a,
+                max_a=self._own_limit_a.get(cid, outlet.max_a),
+                wants_current=tx is not None and p.online is True and p.session_committed,
+                drawn_a=self.site.drawn(cid, reading.current_a) if reading is not None else None,
+                since=now - max(0.0, wall - tx.started_wall) if tx is not None else now,
+            ))
+        return out
+
     def _readings(self) -> dict[int, Reading]:
         return {p.settings.id: p.last_reading for p in self.pollers if p.last_reading is not None}
 
@@ -219,10 +261,20 @@ class Daemon:
         raise ResetRequested(self._reset_hard)
 
     async def _housekeeping(self) -> None:
-        """Once a second: reservations that expired go (§5.13)."""
+        """Once a second: reservations that expired go (§5.13); now and then the load sharer's turns are kept."""
+        kept_at = self.clock.monotonic()
         while True:
             await asyncio.sleep(1.0)
             await self.control.apply_reservations()
+            if self.clock.monotonic() - kept_at >= SITE_SNAPSHOT_S:
+                kept_at = self.clock.monotonic()
+                await self._keep_site()
+
+    async def _keep_site(self) -> None:
+        try:
+            await self.store.save_state("load_sharing", self.site.snapshot(self.clock.monotonic()))
+        except StoreError as exc:
+            log.warning("load-sharing turns not kept: %s", exc)
 
     async def reconcile_energy(self, connector_id: int, energy_wh: int, in_transaction: bool) -> None:
         try:

@@ -73,12 +73,36 @@ class ConnectorPoller:
         # never a state the store refused (full disk), so no EV charges on a session kept only in memory.
         self._committed_session = connector.transaction is not None
         self._written_limit: float | None = None  # what we last wrote; None = unknown, write again
+        self._offered_a: float | None = None  # what the slave offers as far as we know; None: unknown
+        self._lost_at: float | None = None  # monotonic: when it stopped answering
+        self._failsafe_written: float | None = None  # the fail-safe current the slave holds, once written
         self._next_sample: float | None = None
 
     @property
     def max_current_a(self) -> float:
         limit = self.settings.max_current_a
         return min(limit, self.profile.max_current_a) if limit is not None else self.profile.max_current_a
+
+    @property
+    def session_committed(self) -> bool:
+        """The store holds an open session for this connector (only then does the slave offer current)."""
+        return self._committed_session
+
+    @property
+    def offered_a(self) -> float:
+        """The most current the slave may be offering now, for the site limit.
+
+        What we wrote or read back while it answers. A slave that stopped answering
+        keeps what it had until its watchdog strikes, then falls back to the
+        fail-safe current we gave it; where we know neither, its maximum.
+        """
+        watchdog = self.profile.watchdog
+        if (
+            not self.online and self._lost_at is not None and self._failsafe_written is not None
+            and watchdog is not None and self.clock.monotonic() - self._lost_at > watchdog.timeout_s
+        ):
+            return self._failsafe_written
+        return self.max_current_a if self._offered_a is None else self._offered_a
 
     async def run(self) -> None:
         while True:
@@ -108,7 +132,7 @@ class ConnectorPoller:
                 # Before the reading drives the session: energy taken while we were not looking is
                 # accounted for first, ahead of any new session's StartTransaction.
                 await self._on_first_contact(self.settings.id, int(reading.energy_wh), self.connector.transaction is not None)
-        self.online = True
+        self.online, self._lost_at = True, None
         self.last_reading = reading
         effects = self.connector.on_reading(reading, wall)
         if self.connector.can_start:
@@ -123,6 +147,7 @@ class ConnectorPoller:
 
     async def _lost(self, exc: DeviceError, wall: float) -> None:
         if self.online is not False:
+            self._lost_at = self.clock.monotonic()
             log.warning("connector %d: slave %s unit %d not answering: %s", self.settings.id, self.settings.bus, self.settings.unit, exc)
         self.online = False
         self._written_limit = None  # the slave may have rebooted and forgotten
@@ -152,6 +177,8 @@ class ConnectorPoller:
             if wanted < self.profile.min_current_a:  # IEC 61851-1: below 6 A the EV must pause, not trickle
                 wanted = self.profile.pause_current_a
         applied = reading.applied_limit_a if reading.applied_limit_a is not None else self._written_limit
+        if applied is not None:
+            self._offered_a = self._offer_of(applied)
         if applied is not None and abs(applied - wanted) < 0.05:
             self._written_limit = wanted
             return
@@ -165,6 +192,11 @@ class ConnectorPoller:
             log.warning("connector %d: current limit %.1f A not written: %s", self.settings.id, wanted, exc)
             return
         self._written_limit = wanted
+        self._offered_a = self._offer_of(wanted)
+
+    def _offer_of(self, limit_a: float) -> float:
+        """The current a limit register value offers: below the minimum is a pause (IEC 61851-1 Table A.8)."""
+        return limit_a if limit_a >= self.profile.min_current_a else 0.0
 
     async def _sample(self, reading: Reading, wall: float) -> None:
         """MeterValues every MeterValueSampleInterval from the start of the transaction (OCPP 1.6 §4.7)."""

@@ -50,11 +50,27 @@ class ConnectorSettings:
     port: int = 502
     id_tag: str | None = None  # free-charging idTag for this connector; overrides the site's
     max_current_a: float | None = None  # installation limit; None: the profile's max
+    # The site phases (1..3 = L1..L3) the outlet's phases 1..n are wired to, in order: a 1-phase
+    # box on L2 is [2], a 3-phase box wired with rotation is [2, 3, 1]. None: L1..Ln.
+    phases: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
 class AuthorizationSettings:
     free_charging_id_tag: str | None = None  # site-wide: every plug-in starts a session with this idTag
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """Site load management: the supply the whole cluster shares."""
+
+    # The main fuse (or the part of it given to charging) per phase L1..L3. None: no site limit;
+    # the cluster is then capped only by a ChargePointMaxProfile the backend sets.
+    phase_limit_a: tuple[float, float, float] | None = None
+    rotation_s: float = 900.0  # a turn when there is not enough for everyone (KEBA: 15 minutes)
+    # What a slave falls back to when the master goes silent; None: the site limit divided among
+    # the outlets on each phase, so that all of them together stay within it.
+    failsafe_current_a: float | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,7 @@ class Config:
     connectors: tuple[ConnectorSettings, ...]
     storage: StorageSettings
     authorization: AuthorizationSettings = field(default_factory=AuthorizationSettings)
+    site: SiteSettings = field(default_factory=SiteSettings)
     ocpp: OcppSettings = field(default_factory=OcppSettings)
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     profiles: dict[str, Profile] = field(default_factory=dict)  # the profiles the connectors use, by name
@@ -111,3 +128,12 @@ class Config:
 
     def profile_of(self, connector: ConnectorSettings) -> Profile:
         return self.profiles[connector.profile]
+
+    def max_current_a(self, connector: ConnectorSettings) -> float:
+        """An outlet's maximum: the installation limit, never above what its device can do."""
+        device = self.profile_of(connector).max_current_a
+        return device if connector.max_current_a is None else min(device, connector.max_current_a)
+
+    def site_phases(self, connector: ConnectorSettings) -> tuple[int, ...]:
+        """The site phases an outlet loads, in the order of its own phases."""
+        return connector.phases or (1, 2, 3)[: self.profile_of(connector).phases]

@@ -34,21 +34,21 @@ IDENTITY = "CP-CMD-01"
 LIMIT_REGISTER = 261  # Heidelberg holding register: the current limit in 0.1 A
 
 
-def cluster_config(tmp_path: Path, backend_url: str, free_tag: bool) -> Config:
+def cluster_config(tmp_path: Path, backend_url: str, free_tag: bool, connectors: int = 2, **extra: object) -> Config:
     doc = {
         "charge_point": {"identity": IDENTITY, "vendor": "OpenGateway", "model": "Cluster"},
         "backend": {"url": backend_url},
         "buses": [{"name": "lan", "kind": "tcp", "poll_interval_s": 0.5}],
         "connectors": [
             {"id": c, "bus": "lan", "host": "127.0.0.1", "port": free_port(), "unit": 1, "profile": "heidelberg-energy-control"}
-            for c in (1, 2)
+            for c in range(1, connectors + 1)
         ],
         "storage": {"path": str(tmp_path / "gw.db")},
         "authorization": {"free_charging_id_tag": "FREE"} if free_tag else {},
         "ocpp": {"meter_value_sample_interval_s": 60},
         # EVs arrive within 3 s of the start (speed 60: 180 simulated seconds) and take hours to fill.
         "simulator": {"speed": 60, "seed": 2, "wire_delay": False, "idle_s": [60, 180], "session_kwh": [40, 40]},
-    }
+    } | extra
     (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(doc))
     config, _ = load_config_with_warnings(tmp_path / "cluster.yaml")
     return config
@@ -89,9 +89,9 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def cluster(tmp_path: Path, free_tag: bool = True) -> AsyncIterator[Running]:
+async def cluster(tmp_path: Path, free_tag: bool = True, connectors: int = 2, **extra: object) -> AsyncIterator[Running]:
     async with OcppRpcBackend() as backend:
-        config = cluster_config(tmp_path, backend.url, free_tag)
+        config = cluster_config(tmp_path, backend.url, free_tag, connectors, **extra)
         ready = asyncio.Event()
         sim = asyncio.create_task(run_simulation(config, ready=ready))
         await ready.wait()
