@@ -58,6 +58,8 @@ class Cluster(Protocol):
 
     def settings_changed(self) -> None: ...
 
+    def set_station_status(self, status: str) -> None: ...
+
 
 def _utc(wall: float) -> datetime:
     return datetime.fromtimestamp(wall, UTC)
@@ -182,8 +184,11 @@ class Control:
 
     async def clear_cache(self, p: Payload) -> Payload:
         self.cache.clear()
-        await self._save("auth_cache")
+        await self.save_cache()
         return {"status": "Accepted"}
+
+    async def save_cache(self) -> None:
+        await self._save("auth_cache")
 
     async def data_transfer(self, p: Payload) -> Payload:
         # No vendor extension is understood here (OCPP 1.6 §5.6); our own vendorId has no incoming messages.
@@ -215,6 +220,11 @@ class Control:
         for c in connector_ids:
             effects += self.cluster.connectors[c].set_operative(self.operative(c), wall)
         await self.cluster.handle_effects(effects)
+        self.cluster.set_station_status(self.station_status())
+
+    def station_status(self) -> str:
+        """Connector 0, the cluster's main controller: Unavailable once every connector is Inoperative (§5.2)."""
+        return "Available" if any(self.operative(c) for c in self.connector_ids) else "Unavailable"
 
     async def transaction_ended(self, connector_id: int) -> None:
         """A transaction stopped: its TxProfiles go (§3.13.2), a scheduled availability change applies."""

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from gateway.authorizer import Authorizer
 from gateway.charging_profiles import ChargingProfile, TxContext
 from gateway.clock import Clock
 from gateway.control import Control
@@ -26,7 +27,7 @@ from gateway.reading import Reading
 from gateway.session import Connector, Effect, State, StatusChanged, TransactionStarted, TransactionStopped
 from gateway.settings import Config
 from gateway.site_load import Outlet, SiteLoad
-from gateway.store import Store
+from gateway.store import QueuedMessage, Store
 from gateway.uplink import Uplink
 
 RESET_GRACE_S = 1.0  # the Reset.conf goes out before the transactions are stopped and the daemon restarts
@@ -66,7 +67,10 @@ class Daemon:
             statuses=lambda: [self.statuses[c] for c in sorted(self.statuses)],
             handlers=self.control.handlers(),
             readings=self._readings,
+            on_answer=self._answered,
         )
+        self.authorizer = Authorizer(self.control, clock, self.uplink.authorize, self.uplink.connected.is_set)
+        self._deauthorized: set[str] = set()  # sessions the backend refused the idTag of, kept without current
         self.lines = build_lines(config)
         self.pollers: list[ConnectorPoller] = []
         self.site = SiteLoad(
@@ -91,6 +95,9 @@ class Daemon:
                 self.site.restore(snapshot, self.clock.monotonic())
             except SnapshotError as exc:
                 log.error("kept load-sharing turns could not be restored, starting afresh: %s", exc)
+        self.uplink.station_status = self.control.station_status()
+        kept = await self.store.load_state("deauthorized")
+        self._deauthorized = {str(k) for k in kept} if isinstance(kept, list) else set()
         open_tx = await self.store.open_sessions()
         wall = self.clock.wall()
         now = datetime.fromtimestamp(wall, UTC)
@@ -99,6 +106,7 @@ class Daemon:
             connector = Connector(
                 c.id, State.SUSPENDED_EVSE if tx else State.AVAILABLE, tx,
                 operative=self.control.operative(c.id), reserved=self.control.reservations.is_reserved(c.id, now),
+                stop_on_unplug=self.control.configuration.bool_value("StopTransactionOnEVSideDisconnect"),
             )
             if tx:
                 log.info("connector %d: resuming session %s", c.id, tx.key)
@@ -160,29 +168,72 @@ class Daemon:
     # --- what the backend's commands need (gateway.control.Cluster) -----------------------
 
     def _start_policy(self, connector_id: int) -> tuple[str, int | None] | None:
-        """The idTag that opens a transaction on a plugged EV: a pending remote start, else free charging.
+        """The idTag that opens a transaction on a plugged EV, or None (nobody yet).
 
-        On a reserved connector only a tag the reservation admits may start, and the
-        transaction carries the reservationId (OCPP 1.6 §5.13).
+        A pending remote start first (authorized again if AuthorizeRemoteTxRequests), then
+        the tag the slave's reader shows once it is authorized, then free charging, which
+        applies only where no tag is shown. On a reserved connector only a tag the
+        reservation admits may start, and the transaction carries the reservationId (§5.13).
         """
         remote = self._remote_starts.get(connector_id)
         if remote is not None and self.clock.monotonic() > remote.deadline:
             del self._remote_starts[connector_id]  # ConnectionTimeOut: no EV came
             remote = None
-        candidates = [remote.id_tag] if remote else []
-        if free := self._free_tags.get(connector_id):
-            candidates.append(free)
+        reading = self._poller(connector_id).last_reading
+        shown = reading.id_tag if reading is not None else None
+        if remote is not None:
+            tag: str | None = remote.id_tag
+            if self.control.configuration.bool_value("AuthorizeRemoteTxRequests"):
+                tag = self.authorizer.verdict(connector_id, remote.id_tag)
+        elif shown is not None:
+            tag = self.authorizer.verdict(connector_id, shown)
+        else:
+            self.authorizer.verdict(connector_id, None)
+            tag = self._free_tags.get(connector_id)
+        if tag is None:
+            return None
         reservations, now = self.control.reservations, datetime.fromtimestamp(self.clock.wall(), UTC)
-        for tag in candidates:
-            if reservations.may_start(connector_id, tag, None, now):
-                held = reservations.reservation_for(connector_id) if reservations.is_reserved(connector_id, now) else None
-                return tag, held.reservation_id if held else None
-        return None
+        if not reservations.may_start(connector_id, tag, self.authorizer.parent_of(tag), now):
+            return None
+        held = reservations.reservation_for(connector_id) if reservations.is_reserved(connector_id, now) else None
+        return tag, held.reservation_id if held else None
+
+    def _poller(self, connector_id: int) -> ConnectorPoller:
+        return next(p for p in self.pollers if p.settings.id == connector_id)
+
+    async def _answered(self, message: QueuedMessage, result: dict) -> None:
+        """The idTagInfo of a Start/StopTransaction answer: into the cache; a refused tag ends its session (§5.20)."""
+        info, tag = result.get("idTagInfo"), message.payload.get("idTag")
+        if info is None or tag is None:
+            return
+        await self.authorizer.learn(tag, info)
+        if message.action != "StartTransaction" or info.get("status") == "Accepted":
+            return
+        connector = next((c for c in self.connectors.values() if c.transaction and c.transaction.key == message.session_key), None)
+        if connector is None:
+            return  # answered after the session ended (a drain after an outage)
+        log.warning("connector %d: the backend refused idTag %s (%s)", connector.id, tag, info.get("status"))
+        if self.control.configuration.bool_value("StopTransactionOnInvalidId"):
+            await self.handle_effects(connector.stop("DeAuthorized", self.clock.wall()))
+        elif message.session_key is not None:
+            self._deauthorized.add(message.session_key)  # the session stays open, without current
+            await self._keep_deauthorized()
+
+    async def _keep_deauthorized(self) -> None:
+        open_keys = {c.transaction.key for c in self.connectors.values() if c.transaction}
+        self._deauthorized &= open_keys
+        try:
+            await self.store.save_state("deauthorized", sorted(self._deauthorized))
+        except StoreError as exc:
+            log.warning("refused sessions not kept: %s", exc)
 
     # --- site load management -----------------------------------------------------------
 
     async def current_limit_a(self, connector_id: int) -> float:
         """What a connector in a transaction may offer: its own limits, then its share of the site limit."""
+        tx = self.connectors[connector_id].transaction
+        if tx is not None and tx.key in self._deauthorized:
+            return 0.0  # StopTransactionOnInvalidId false: SuspendedEVSE until the session ends
         own, outlet_max = await self.control.limit_a(connector_id), self.site.outlets[connector_id].max_a
         self._own_limit_a[connector_id] = outlet_max if own is None else min(outlet_max, own)
         now = self.clock.monotonic()
@@ -199,7 +250,7 @@ class Daemon:
             out.append(Demand(
                 cid, frozenset(outlet.phases), min_a=outlet.min_a,
                 max_a=self._own_limit_a.get(cid, outlet.max_a),
-                wants_current=tx is not None and p.online is True and p.session_committed,
+                wants_current=tx is not None and tx.key not in self._deauthorized and p.online is True and p.session_committed,
                 drawn_a=self.site.drawn(cid, reading.current_a) if reading is not None else None,
                 since=now - max(0.0, wall - tx.started_wall) if tx is not None else now,
             ))
@@ -225,6 +276,11 @@ class Daemon:
                 return await self.handle_effects(connector.stop(reason, self.clock.wall()))
         return False  # unknown, or already stopped
 
+    def set_station_status(self, status: str) -> None:
+        if self.uplink.station_status != status:
+            self.uplink.station_status = status
+            self.uplink.status_changed(StatusChanged(0, status, "NoError", None, self.clock.wall()))
+
     def request_reset(self, hard: bool) -> None:
         self._reset_hard = hard
         self._reset.set()
@@ -243,6 +299,8 @@ class Daemon:
             meter_values_sampled_data=tuple(cfg.csl_value("MeterValuesSampledData")),
         )
         self.uplink.backend = dataclasses.replace(self.uplink.backend, ping_interval_s=cfg.int_value("WebSocketPingInterval"))
+        for connector in self.connectors.values():
+            connector.stop_on_unplug = cfg.bool_value("StopTransactionOnEVSideDisconnect")
         for poller in self.pollers:
             poller.sample_interval_s = cfg.int_value("MeterValueSampleInterval")
             poller.measurands = tuple(cfg.csl_value("MeterValuesSampledData"))
@@ -300,6 +358,7 @@ class Daemon:
             tg.create_task(self.uplink.run(), name="uplink")
             tg.create_task(self._reset_when_asked(), name="reset")
             tg.create_task(self._housekeeping(), name="housekeeping")
+            tg.create_task(self.authorizer.run(), name="authorizer")
 
 
 async def run_daemon(config: Config, clock: Clock | None = None) -> None:

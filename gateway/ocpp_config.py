@@ -24,9 +24,10 @@ Decisions:
   keys of the Security whitepaper (the extended security messages are not implemented).
   A backend that asks for them gets them back in unknownKey; ChangeConfiguration answers
   NotSupported.
-- StopTransactionOnEVSideDisconnect and UnlockConnectorOnEVSideDisconnect are read-only
-  "true": unplugging ends the session in the connector state machine (gateway.session),
-  and each slave's own firmware releases its socket lock.
+- UnlockConnectorOnEVSideDisconnect is read-only "true": each slave's own firmware
+  releases its socket lock when the EV goes; the master has no unlock register to drive.
+  StopTransactionOnEVSideDisconnect is writable: false keeps the transaction open while
+  the cable is out (gateway.session, event EV_LEFT).
 - AuthorizationKey is write-only (Security whitepaper ed. 2, configuration keys: so that a
   backend reading all keys cannot store the password in plaintext). GetConfiguration lists
   the key, so that the backend sees that it is supported, without a value (`value` is
@@ -243,7 +244,7 @@ _DEFS: tuple[KeyDef, ...] = (
     _int_key("MinimumStatusDuration", 0, 0, 3600),
     _int_key("NumberOfConnectors", 0, 1, 1000, readonly=True),  # from the cluster config, set at init
     _int_key("ResetRetries", 3, 0, 100),
-    _bool_key("StopTransactionOnEVSideDisconnect", True, readonly=True),
+    _bool_key("StopTransactionOnEVSideDisconnect", True),
     _bool_key("StopTransactionOnInvalidId", True),
     _measurand_key("StopTxnAlignedData", ""),  # empty: meterStop already carries the energy (GPRS bytes)
     _int_key("StopTxnAlignedDataMaxLength", _NUMBER_OF_MEASURANDS, 0, _NUMBER_OF_MEASURANDS, readonly=True),

@@ -55,6 +55,7 @@ class Event(enum.Enum):
     FAULT = "fault"  # pilot E/F, a vendor error, or the slave stopped answering
     AUTHORIZED = "authorized"  # an idTag was accepted for the plugged EV
     STOP = "stop"  # the transaction is ended by command while the EV stays plugged
+    EV_LEFT = "ev-left"  # unplugged, with StopTransactionOnEVSideDisconnect false: a transaction stays open
 
 
 class Action(enum.Enum):
@@ -75,6 +76,9 @@ def _row(**cells: Cell) -> dict[Event, Cell]:
 def _in_tx_row() -> dict[Event, Cell]:
     return _row(
         unplugged=(State.AVAILABLE, (Action.STOP_TX,)),
+        # §9.1.31: with StopTransactionOnEVSideDisconnect false the transaction outlives the cable;
+        # plugging in again resumes it, only a stop command or the idTag ends it.
+        ev_left=(State.SUSPENDED_EV, ()),
         ev_idle=(State.SUSPENDED_EV, ()),
         evse_blocks=(State.SUSPENDED_EVSE, ()),
         energy_flows=(State.CHARGING, ()),
@@ -85,7 +89,7 @@ def _in_tx_row() -> dict[Event, Cell]:
 
 def _idle_row(plugged: State) -> dict[Event, Cell]:
     row: dict[Event, Cell] = {event: (plugged, ()) for event in _PLUGGED}
-    row[Event.UNPLUGGED] = (State.AVAILABLE, ())
+    row[Event.UNPLUGGED] = row[Event.EV_LEFT] = (State.AVAILABLE, ())
     row[Event.FAULT] = (State.FAULTED, ())
     return row
 
@@ -188,6 +192,7 @@ class Connector:
         *,
         operative: bool = True,
         reserved: bool = False,
+        stop_on_unplug: bool = True,
     ) -> None:
         if state.in_transaction != (transaction is not None):
             raise ValueError(f"state {state.name} and transaction {transaction} disagree")
@@ -196,6 +201,7 @@ class Connector:
         self.transaction = transaction
         self.operative = operative  # ChangeAvailability: Operative / Inoperative
         self.reserved = reserved  # a ReserveNow holds it
+        self.stop_on_unplug = stop_on_unplug  # StopTransactionOnEVSideDisconnect
         self.error_code = "NoError"
         self.info: str | None = None
         self.last_energy_wh: int | None = None
@@ -234,6 +240,8 @@ class Connector:
             if reading.state.pilot is Pilot.E:
                 code = "EVCommunicationError"  # pilot E: short or diode fault on the EV side
             return self._fault(code, f"pilot {reading.state.pilot.value}, vendor state {reading.vendor_state}", wall)
+        if event is Event.UNPLUGGED and not self.stop_on_unplug:
+            event = Event.EV_LEFT
         return self._apply(event, wall, "NoError", None)
 
     def on_lost(self, why: str, wall: float) -> list[Effect]:

@@ -146,6 +146,7 @@ class Uplink:
         statuses: Callable[[], list[StatusChanged]],
         handlers: Mapping[str, Handler] | None = None,
         readings: Callable[[], Mapping[int, Reading]] | None = None,
+        on_answer: Callable[[QueuedMessage, dict], Awaitable[None]] | None = None,
     ) -> None:
         self.info = info
         self.backend = backend
@@ -155,6 +156,9 @@ class Uplink:
         self._statuses = statuses
         self._handlers = dict(handlers or {})
         self._readings = readings or dict
+        self._on_answer = on_answer  # sees each answer to an outbox message once it is recorded (idTagInfo)
+        self._link: _Link | None = None  # while connected and booted
+        self.station_status = "Available"  # connector 0: Unavailable when the backend made every connector Inoperative
         self._triggers: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue()
         self.heartbeat_interval_s = ocpp.heartbeat_interval_s
         self._status_queue: asyncio.Queue[StatusChanged] = asyncio.Queue()
@@ -171,6 +175,18 @@ class Uplink:
 
     def outbox_changed(self) -> None:
         self._outbox_changed.set()
+
+    async def authorize(self, id_tag: str) -> dict:
+        """Authorize.req (OCPP 1.6 §4.2): the backend's idTagInfo; UplinkError when it cannot answer now."""
+        link = self._link
+        if link is None:
+            raise UplinkError("offline")
+        try:
+            result = await self._call(link, "Authorize", {"idTag": id_tag})
+        except (TimeoutError, OCPPError, websockets.exceptions.ConnectionClosed) as exc:
+            raise UplinkError(f"Authorize not answered: {type(exc).__name__}: {exc}") from None
+        info: dict = result["idTagInfo"]
+        return info
 
     def trigger(self, message: str, connector_id: int | None) -> None:
         """TriggerMessage (OCPP 1.6 §5.17): send `message` once the answer has gone and the link is up."""
@@ -241,6 +257,7 @@ class Uplink:
                 tg.create_task(link.start())  # the reader: routes answers and backend commands
                 await self._boot(link)
                 self._backoff.reset()
+                self._link = link
                 self.connected.set()
                 tg.create_task(self._heartbeats(link))
                 tg.create_task(self._send_statuses(link))
@@ -251,6 +268,8 @@ class Uplink:
         except* (websockets.exceptions.ConnectionClosed, UplinkError, TimeoutError, OCPPError, StoreError) as group:
             first = group.exceptions[0]
             raise UplinkError(f"{type(first).__name__}: {first or 'no answer in time'}") from None
+        finally:
+            self._link = None
 
     async def _call(self, link: _Link, action: str, payload: dict, message_id: str | None = None) -> dict:
         """One CALL; returns the CALLRESULT payload (camelCase), raises OCPPError on a CALLERROR, TimeoutError without answer."""
@@ -291,7 +310,7 @@ class Uplink:
 
     def _all_statuses(self) -> list[StatusChanged]:
         """Connector 0 (the cluster's main controller, OCPP 1.6 §3.8) and every connector."""
-        return [StatusChanged(0, "Available", "NoError", None, self.clock.wall()), *self._statuses()]
+        return [StatusChanged(0, self.station_status, "NoError", None, self.clock.wall()), *self._statuses()]
 
     async def _send_statuses(self, link: _Link) -> None:
         """Connector 0 and every connector right after boot, then each change as it happens."""
@@ -369,4 +388,6 @@ class Uplink:
             raise UplinkError(f"no answer to {message.action} within {self.backend.response_timeout_s} s") from None
         await self.store.acknowledge(message, result)
         log.debug("delivered %s #%d", message.action, message.seq)
+        if self._on_answer is not None:
+            await self._on_answer(message, result)
 

@@ -146,7 +146,7 @@ def test_unknown_key_not_supported_readonly_rejected() -> None:
     config = cfg()
     assert config.change("NoSuchKey", "1").status is ChangeStatus.NOT_SUPPORTED
     for key in ("NumberOfConnectors", "SupportedFeatureProfiles", "LocalAuthListMaxLength", "GetConfigurationMaxKeys",
-                "StopTransactionOnEVSideDisconnect", "ReserveConnectorZeroSupported"):
+                "UnlockConnectorOnEVSideDisconnect", "ReserveConnectorZeroSupported"):
         result = config.change(key, config.value(key))
         assert result.status is ChangeStatus.REJECTED, key
         assert result.reason == "read-only"

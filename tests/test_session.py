@@ -48,6 +48,9 @@ def fire(c: Connector, event: Event) -> list:
         return c.authorize("TAG", 10.0, key="k2")
     if event is Event.STOP:
         return c.stop("Remote", 10.0)
+    if event is Event.EV_LEFT:
+        c.stop_on_unplug = False
+        return c.on_reading(READING_FOR[Event.UNPLUGGED], 10.0)
     return c.on_reading(READING_FOR[event], 10.0)
 
 
@@ -177,3 +180,16 @@ def test_availability_and_reservation_change_the_status_once_and_block_starts() 
     assert [e.status for e in c2.set_reserved(True, 1.0)] == ["Reserved"]
     assert [e.status for e in c2.on_reading(reading("B1"), 2.0)] == ["Preparing"]
     assert c2.set_reserved(False, 3.0) == []
+
+
+def test_with_stop_on_ev_side_disconnect_false_the_transaction_outlives_the_cable() -> None:
+    c = connector_in(State.CHARGING)
+    c.stop_on_unplug = False
+    key = c.transaction.key if c.transaction else None
+    effects = c.on_reading(READING_FOR[Event.UNPLUGGED], 20.0)
+    assert c.state is State.SUSPENDED_EV and c.transaction is not None and c.transaction.key == key
+    assert not [e for e in effects if isinstance(e, TransactionStopped)]
+    c.on_reading(READING_FOR[Event.ENERGY_FLOWS], 30.0)  # plugged in again: the same session resumes
+    assert c.state is State.CHARGING and c.transaction.key == key
+    stopped = [e for e in c.stop("Remote", 40.0) if isinstance(e, TransactionStopped)]
+    assert stopped and stopped[0].reason == "Remote"
