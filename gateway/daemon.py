@@ -7,6 +7,7 @@ takes the daemon down, so systemd restarts it cleanly instead of it limping on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -31,6 +32,7 @@ from gateway.store import QueuedMessage, Store
 from gateway.uplink import Uplink
 
 RESET_GRACE_S = 1.0  # the Reset.conf goes out before the transactions are stopped and the daemon restarts
+RESET_DRAIN_S = 10.0  # how long the StopTransactions of a reset get to reach the backend before the restart
 SITE_SNAPSHOT_S = 60.0  # the load sharer's turns are kept this often (a restart loses at most this much)
 
 
@@ -316,6 +318,12 @@ class Daemon:
             if connector.transaction is not None:
                 effects += connector.stop(reason, wall)
         await self.handle_effects(effects)
+        # The backend should see the sessions end before the charge point goes (§5.12); whatever is
+        # still queued after this is sent after the restart, as after any outage.
+        with contextlib.suppress(TimeoutError, StoreError):
+            async with asyncio.timeout(RESET_DRAIN_S):
+                while self.uplink.connected.is_set() and await self.store.pending():
+                    await asyncio.sleep(0.2)
         raise ResetRequested(self._reset_hard)
 
     async def _housekeeping(self) -> None:
