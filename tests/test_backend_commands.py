@@ -204,6 +204,11 @@ async def test_trigger_and_the_small_core_commands(tmp_path: Path) -> None:
             and r["params"]["meterValue"][0]["sampledValue"][0].get("context") == "Trigger", timeout=5,
         )
         assert triggered["params"]["connectorId"] == 2
+        for message in ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification"):
+            before = len(c.backend.calls(message, IDENTITY))
+            assert (await c.call("TriggerMessage", {"requestedMessage": message}))["status"] == "Accepted"
+            await c.backend.wait_for_calls(message, before + 1, timeout=5)
+        assert c.backend.calls("FirmwareStatusNotification", IDENTITY)[-1]["params"]["status"] == "Idle"
         assert (await c.call("TriggerMessage", {"requestedMessage": "StatusNotification", "connectorId": 9}))["status"] == "Rejected"
         assert (await c.call("DataTransfer", {"vendorId": "com.example"}))["status"] == "UnknownVendorId"
         assert (await c.call("ClearCache", {}))["status"] == "Accepted"
