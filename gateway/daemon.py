@@ -73,6 +73,9 @@ class Daemon:
         )
         self.authorizer = Authorizer(self.control, clock, self.uplink.authorize, self.uplink.connected.is_set)
         self._deauthorized: set[str] = set()  # sessions the backend refused the idTag of, kept without current
+        # Connectors whose session was stopped with the EV still plugged: after a restart they wait for
+        # the EV to leave, so free charging does not open a session the user ended (remote stop, reset).
+        self._finishing: set[int] = set()
         self.lines = build_lines(config)
         self.pollers: list[ConnectorPoller] = []
         self.site = SiteLoad(
@@ -100,13 +103,16 @@ class Daemon:
         self.uplink.station_status = self.control.station_status()
         kept = await self.store.load_state("deauthorized")
         self._deauthorized = {str(k) for k in kept} if isinstance(kept, list) else set()
+        kept_finishing = await self.store.load_state("finishing")
+        self._finishing = {int(c) for c in kept_finishing} if isinstance(kept_finishing, list) else set()
         open_tx = await self.store.open_sessions()
         wall = self.clock.wall()
         now = datetime.fromtimestamp(wall, UTC)
         for c in self.config.connectors:
             tx = open_tx.get(c.id)
+            state = State.SUSPENDED_EVSE if tx else State.FINISHING if c.id in self._finishing else State.AVAILABLE
             connector = Connector(
-                c.id, State.SUSPENDED_EVSE if tx else State.AVAILABLE, tx,
+                c.id, state, tx,
                 operative=self.control.operative(c.id), reserved=self.control.reservations.is_reserved(c.id, now),
                 stop_on_unplug=self.control.configuration.bool_value("StopTransactionOnEVSideDisconnect"),
             )
@@ -150,6 +156,7 @@ class Daemon:
                 log.info("connector %d: session %s stopped (%s), %d Wh", effect.connector_id, effect.transaction.key, effect.reason, used)
         if any(isinstance(e, (TransactionStarted, TransactionStopped)) for e in batch):
             self.uplink.outbox_changed()
+        await self._keep_finishing()
         for effect in batch:
             if isinstance(effect, TransactionStarted):
                 await self._started(effect)
@@ -220,6 +227,17 @@ class Daemon:
         elif message.session_key is not None:
             self._deauthorized.add(message.session_key)  # the session stays open, without current
             await self._keep_deauthorized()
+
+    async def _keep_finishing(self) -> None:
+        finishing = {cid for cid, c in self.connectors.items() if c.state is State.FINISHING}
+        if finishing == self._finishing:
+            return
+        try:
+            await self.store.save_state("finishing", sorted(finishing))
+        except StoreError as exc:
+            log.warning("finishing connectors not kept: %s", exc)
+            return
+        self._finishing = finishing
 
     async def _keep_deauthorized(self) -> None:
         open_keys = {c.transaction.key for c in self.connectors.values() if c.transaction}
