@@ -222,6 +222,7 @@ _CONFIG = Field(
                         "turnaround": Field(bool),
                         "idle_s": Field(ListOf(Field(float, min=0)), check=_low_high),
                         "session_kwh": Field(ListOf(Field(float, above=0)), check=_low_high),
+                        "id_tags": Field(ListOf(Field(str, min=1, max=20))),
                     },
                 )
             ),
@@ -578,7 +579,7 @@ def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], sourc
             **(ocpp | {"meter_values_sampled_data": tuple(ocpp["meter_values_sampled_data"]), "hard_reset_command": tuple(ocpp["hard_reset_command"])})
         ),
         simulator=SimulatorSettings(
-            **(simulator | {"idle_s": tuple(simulator["idle_s"]), "session_kwh": tuple(simulator["session_kwh"])})
+            **(simulator | {key: tuple(simulator[key]) for key in ("idle_s", "session_kwh", "id_tags")})
         ),
         profiles=profiles,
     )

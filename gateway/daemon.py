@@ -85,6 +85,7 @@ class Daemon:
             ],
             config.site.phase_limit_a, config.site.rotation_s,
         )
+        self._shared: dict[int, tuple[float, str]] = {}  # the last share logged per connector, and why
         self._own_limit_a: dict[int, float] = {}  # each connector's max with its own charging profiles, at its last poll
         self._remote_starts: dict[int, _RemoteStart] = {}
         # Free charging: every plug-in starts a session with this idTag (the connector's own, else the site's).
@@ -128,6 +129,7 @@ class Daemon:
                 sample_interval_s=self.config.ocpp.meter_value_sample_interval_s,
                 on_first_contact=self.reconcile_energy,
                 limit_source=self.current_limit_a,
+                failsafe_a=self.site.failsafe_a(c.id, self.config.site.failsafe_current_a),
             ))
 
     async def handle_effects(self, effects: Sequence[Effect]) -> bool:
@@ -259,7 +261,13 @@ class Daemon:
         now = self.clock.monotonic()
         station = self.control.station_limit_a()
         offered = {p.settings.id: p.offered_a for p in self.pollers}
-        return self.site.allowed_a(connector_id, now, self._demands(now), offered, station)
+        allowed = self.site.allowed_a(connector_id, now, self._demands(now), offered, station)
+        allocation = self.site.allocation
+        why = allocation.reason(connector_id).value if allocation and connector_id in allocation.grants else "-"
+        if self._shared.get(connector_id) != (allowed, why):
+            self._shared[connector_id] = (allowed, why)
+            log.info("connector %d: site share %.1f A (%s)", connector_id, allowed, why)
+        return allowed
 
     def _demands(self, now: float) -> list[Demand]:
         wall = self.clock.wall()

@@ -41,10 +41,18 @@ class DataType(enum.Enum):
     I32 = "i32"
     F32 = "f32"
     F64 = "f64"
+    STRING = "string"  # ASCII, 2 characters per register, high byte first; its length is the value's `count`
 
     @property
     def words(self) -> int:
+        """Registers of a number type; a string has no fixed size (ValueSpec.words has it)."""
+        if self is DataType.STRING:
+            raise ValueError("a string's register count is given by its value spec's count")
         return {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2, "f64": 4}[self.value]
+
+
+# The types a number register can have: every type but string.
+NUMBER_TYPES = tuple(t for t in DataType if t is not DataType.STRING)
 
 
 class WordOrder(enum.Enum):
@@ -73,6 +81,7 @@ ROLES = (
     "voltage_l2",
     "voltage_l3",
     "applied_current_limit",
+    "id_tag",
 )
 
 # IEC 61851-1 control-pilot states a vendor state can map to. The digit is the
@@ -105,6 +114,17 @@ class ValueSpec:
     scale: float = 1.0  # engineering value = raw * scale
     unit: str = ""
     enum: dict[int, str] = field(default_factory=dict)  # raw -> pilot code, for the "state" role
+    count: int | None = None  # registers of a string value; None for a number
+    invalid: int | None = None  # raw value by which the device says "not available" (e.g. 0xFFFFFFFF)
+
+    def __post_init__(self) -> None:
+        if (self.type is DataType.STRING) != (self.count is not None):
+            raise ValueError(f"{self.name}: a string value needs a count, and only a string has one")
+
+    @property
+    def words(self) -> int:
+        """How many registers the value occupies."""
+        return self.count if self.count is not None else self.type.words
 
 
 @dataclass(frozen=True)
@@ -133,11 +153,16 @@ class Watchdog:
     """The slave's communication watchdog: it fails safe if the master is silent for timeout_s.
 
     keepalive "poll" means any request resets it, so the poll period must stay
-    below timeout_s / 4 (the margin evcc uses).
+    below timeout_s / 4 (the margin evcc uses). Where the device has them, the
+    gateway writes timeout_s to `timeout_register` (seconds after scale) and the
+    site's fail-safe current to `failsafe_current` (amperes) whenever it
+    (re)finds the slave, so that a dead master leaves the slave in a known state.
     """
 
     timeout_s: float
     keepalive: str = "poll"
+    timeout_register: WriteSpec | None = None
+    failsafe_current: WriteSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -213,8 +238,19 @@ def _value_name(name: str) -> str | None:
 
 _ADDRESS = Field(int, required=True, min=0, max=0xFFFF, description="0-based wire (PDU) address")
 _TYPE = Field(str, default=DataType.U16.value, choices=_values_of(DataType))
+_NUMBER_TYPE = Field(str, default=DataType.U16.value, choices=tuple(t.value for t in NUMBER_TYPES))
 _WORD_ORDER = Field(str, default=WordOrder.HIGH_FIRST.value, choices=_values_of(WordOrder))
 _SCALE = Field(float, default=1.0, check=_nonzero, description="engineering value = raw * scale")
+# A holding register the gateway writes a number to (control.current_limit, watchdog registers).
+_WRITE = Map(
+    {
+        "address": _ADDRESS,
+        "type": _NUMBER_TYPE,
+        "word_order": _WORD_ORDER,
+        "scale": _SCALE,
+        "multiple": Field(bool, default=False, description="FC16 instead of FC06"),
+    }
+)
 
 _PROFILE = Field(
     Map(
@@ -271,6 +307,8 @@ _PROFILE = Field(
                                 "scale": _SCALE,
                                 "unit": Field(str, default=""),
                                 "enum": Field(DictOf(Field(int), Field(str, choices=PILOT_CODES)), min=1),
+                                "count": Field(int, min=1, max=MAX_READ_COUNT, description="registers of a string"),
+                                "invalid": Field(int, description="raw value meaning 'not available'"),
                             }
                         )
                     ),
@@ -281,17 +319,7 @@ _PROFILE = Field(
             "control": Field(
                 Map(
                     {
-                        "current_limit": Field(
-                            Map(
-                                {
-                                    "address": _ADDRESS,
-                                    "type": _TYPE,
-                                    "word_order": _WORD_ORDER,
-                                    "scale": _SCALE,
-                                    "multiple": Field(bool, default=False, description="FC16 instead of FC06"),
-                                }
-                            )
-                        ),
+                        "current_limit": Field(_WRITE),
                         "pause_current_a": Field(float, default=0.0, min=0),
                         "min_current_a": Field(float, default=6.0, above=0),
                         "max_current_a": Field(float, default=16.0, above=0),
@@ -319,6 +347,8 @@ _PROFILE = Field(
                     {
                         "timeout_s": Field(float, required=True, above=0),
                         "keepalive": Field(str, default="poll", choices=("poll",)),
+                        "timeout_register": Field(_WRITE, description="written with timeout_s, in seconds"),
+                        "failsafe_current": Field(_WRITE, description="written with the fail-safe current, in A"),
                     }
                 )
             ),
@@ -388,15 +418,32 @@ def _check_profile(doc: Document, data: dict[str, Any], stem: str) -> None:
         doc.error(
             ("control", "pause_current_a"), f"must be below min_current_a ({low:g} A): writing it must stop charging"
         )
-    limit = control.get("current_limit", {})
-    if {"type", "scale"} <= limit.keys() and high is not None:
-        bounds = _INT_RANGES.get(DataType(limit["type"]))
-        raw = round(high / limit["scale"])
-        if bounds is not None and not bounds[0] <= raw <= bounds[1]:
-            doc.error(
-                ("control", "current_limit", "scale"),
-                f"max_current_a {high:g} A is raw {raw}, which does not fit {limit['type']}",
-            )
+    if high is not None:
+        _check_write(doc, ("control", "current_limit"), control.get("current_limit"), high, f"max_current_a {high:g} A")
+    watchdog = data.get("watchdog", {})
+    timeout = watchdog.get("timeout_s")
+    if timeout is not None:
+        register = watchdog.get("timeout_register")
+        _check_write(doc, ("watchdog", "timeout_register"), register, timeout, f"timeout_s {timeout:g} s")
+    if "failsafe_current" in watchdog:
+        if data.get("kind") == "meter":
+            doc.error(("watchdog", "failsafe_current"), "is for chargers: a meter offers no current")
+        elif high is not None:
+            register = watchdog["failsafe_current"]
+            _check_write(doc, ("watchdog", "failsafe_current"), register, high, f"max_current_a {high:g} A")
+
+
+def _check_write(doc: Document, path: KeyPath, spec: dict[str, Any] | None, largest: float, what: str) -> None:
+    """A written register must hold the largest value written to it, and FC06 writes only one register."""
+    if spec is None or not {"type", "scale"} <= spec.keys():
+        return
+    type_ = DataType(spec["type"])
+    if type_.words > 1 and spec.get("multiple") is False:
+        doc.error((*path, "multiple"), f"a {type_.value} register needs multiple: true (FC06 writes one register)")
+    bounds = _INT_RANGES.get(type_)
+    raw = round(largest / spec["scale"])
+    if bounds is not None and not bounds[0] <= raw <= bounds[1]:
+        doc.error((*path, "scale"), f"{what} is raw {raw}, which does not fit {type_.value}")
 
 
 def _check_value(doc: Document, name: str, value: dict[str, Any], blocks: list[dict[str, Any]] | None) -> None:
@@ -404,8 +451,25 @@ def _check_value(doc: Document, name: str, value: dict[str, Any], blocks: list[d
     role = difflib.get_close_matches(name, ROLES, n=1, cutoff=0.85)
     if name not in ROLES and role:
         doc.error(path, f"looks like a typo of the role {role[0]!r}; a misspelt role would be silently ignored")
-    if blocks is not None and {"table", "address", "type"} <= value.keys():
-        table, first, words = value["table"], value["address"], DataType(value["type"]).words
+    type_ = DataType(value["type"]) if "type" in value else None
+    if type_ is DataType.STRING and "count" not in value:
+        doc.error((*path, "type"), "a string needs count: the number of registers (2 characters each)")
+    if type_ is not None and type_ is not DataType.STRING and "count" in value:
+        doc.error((*path, "count"), "is only for type: string; a number's register count follows from its type")
+    if name == "id_tag" and type_ is not None and type_ is not DataType.STRING:
+        doc.error((*path, "type"), "the id_tag role must be type: string")
+    if name in ROLES and name != "id_tag" and type_ is DataType.STRING:
+        doc.error((*path, "type"), f"the {name} role is a number, not a string")
+    if "invalid" in value and type_ is not None:
+        bounds = _INT_RANGES.get(type_)
+        if bounds is None:
+            doc.error((*path, "invalid"), f"is only for integer types, not {type_.value}")
+        elif not bounds[0] <= value["invalid"] <= bounds[1]:
+            doc.error((*path, "invalid"), f"{value['invalid']} does not fit {type_.value}")
+    sized = type_ is not DataType.STRING or "count" in value
+    if blocks is not None and {"table", "address", "type"} <= value.keys() and sized:
+        table, first = value["table"], value["address"]
+        words = value["count"] if type_ is DataType.STRING else DataType(value["type"]).words
         if not any(
             b["table"] == table and b["address"] <= first and first + words <= b["address"] + b["count"] for b in blocks
         ):
@@ -466,27 +530,35 @@ def _build_profile(data: dict[str, Any], source: Path) -> Profile:
                 scale=v["scale"],
                 unit=v["unit"],
                 enum=dict(v.get("enum", {})),
+                count=v.get("count"),
+                invalid=v.get("invalid"),
             )
             for name, v in data["values"].items()
         },
         inter_frame_delay_s=timing["inter_frame_delay_ms"] / 1000,
         request_timeout_s=timing["request_timeout_ms"] / 1000,
-        current_limit=(
-            WriteSpec(
-                limit["address"],
-                DataType(limit["type"]),
-                WordOrder(limit["word_order"]),
-                limit["scale"],
-                limit["multiple"],
-            )
-            if limit is not None
-            else None
-        ),
+        current_limit=_write_spec(limit),
         pause_current_a=control["pause_current_a"],
         min_current_a=control["min_current_a"],
         max_current_a=control["max_current_a"],
         phases=control["phases"],
         init_writes=tuple(InitWrite(w["address"], w["value"], w["multiple"], w["note"]) for w in data["init_writes"]),
-        watchdog=Watchdog(watchdog["timeout_s"], watchdog["keepalive"]) if watchdog is not None else None,
+        watchdog=(
+            Watchdog(
+                watchdog["timeout_s"],
+                watchdog["keepalive"],
+                _write_spec(watchdog.get("timeout_register")),
+                _write_spec(watchdog.get("failsafe_current")),
+            )
+            if watchdog is not None
+            else None
+        ),
         notes=data["notes"],
     )
+
+
+def _write_spec(data: dict[str, Any] | None) -> WriteSpec | None:
+    if data is None:
+        return None
+    type_, order = DataType(data["type"]), WordOrder(data["word_order"])
+    return WriteSpec(data["address"], type_, order, data["scale"], data["multiple"])

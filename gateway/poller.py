@@ -52,6 +52,7 @@ class ConnectorPoller:
         sample_interval_s: float,
         on_first_contact: ContactSink | None = None,
         limit_source: LimitSource | None = None,
+        failsafe_a: float = 0.0,
     ) -> None:
         self.settings = settings
         self.bus = bus
@@ -66,6 +67,7 @@ class ConnectorPoller:
         self._on_first_contact = on_first_contact
         self._start_policy = start_policy
         self._limit_source = limit_source
+        self.failsafe_a = failsafe_a  # what the slave falls back to when its watchdog strikes (site share)
         self.last_reading: Reading | None = None  # for TriggerMessage MeterValues
         self.timeout_s = bus.request_timeout_s or profile.request_timeout_s
         self.online: bool | None = None  # None until the first poll
@@ -154,11 +156,20 @@ class ConnectorPoller:
         await self._on_effects(self.connector.on_lost(type(exc).__name__, wall))
 
     async def _init_writes(self) -> None:
+        """Whenever the slave is (re)found: the profile's init writes, then its fail-safe current and watchdog."""
         for w in self.profile.init_writes:
             await self.line.write(
                 self.settings.unit, w.address, [w.value], multiple=w.multiple,
                 timeout_s=self.timeout_s, gap_s=self.profile.inter_frame_delay_s, priority=Priority.COMMAND,
             )
+        failsafe = registers.failsafe_writes(self.profile, self.failsafe_a)
+        for fw in failsafe:
+            await self.line.write(
+                self.settings.unit, fw.address, list(fw.words), multiple=fw.multiple,
+                timeout_s=self.timeout_s, gap_s=self.profile.inter_frame_delay_s, priority=Priority.COMMAND,
+            )
+        if failsafe and self.profile.watchdog is not None and self.profile.watchdog.failsafe_current is not None:
+            self._failsafe_written = self._offer_of(registers.chargeable_current(self.profile, self.failsafe_a))
 
     async def _apply_current_limit(self, reading: Reading) -> None:
         """Offer current only inside a transaction; pause otherwise.
@@ -173,9 +184,8 @@ class ConnectorPoller:
         wanted = self.profile.pause_current_a
         if self._committed_session:
             limit = await self._limit_source(self.settings.id) if self._limit_source else None
-            wanted = self.max_current_a if limit is None else min(self.max_current_a, limit)
-            if wanted < self.profile.min_current_a:  # IEC 61851-1: below 6 A the EV must pause, not trickle
-                wanted = self.profile.pause_current_a
+            # IEC 61851-1: below 6 A the EV must pause, not trickle
+            wanted = registers.chargeable_current(self.profile, self.max_current_a if limit is None else min(self.max_current_a, limit))
         applied = reading.applied_limit_a if reading.applied_limit_a is not None else self._written_limit
         if applied is not None:
             self._offered_a = self._offer_of(applied)

@@ -31,7 +31,10 @@ class PilotState:
 
 @dataclass(frozen=True)
 class Reading:
-    """Decoded values of one slave poll. None means the profile has no register for it."""
+    """Decoded values of one slave poll.
+
+    None means the profile has no register for it, or the device says "not available" this poll.
+    """
 
     state: PilotState | None = None
     vendor_state: int | None = None
@@ -40,4 +43,5 @@ class Reading:
     current_a: tuple[float | None, float | None, float | None] = (None, None, None)
     voltage_v: tuple[float | None, float | None, float | None] = (None, None, None)
     applied_limit_a: float | None = None  # the current limit the device applies now, where it can be read back
-    extra: tuple[tuple[str, float], ...] = ()  # other named values, for display
+    id_tag: str | None = None  # the RFID/OCPP idTag presented at the outlet now; None: none (or no such register)
+    extra: tuple[tuple[str, float | str], ...] = ()  # other named values, for display

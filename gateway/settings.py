@@ -107,6 +107,8 @@ class SimulatorSettings:
     turnaround: bool = False
     idle_s: tuple[float, float] = (300.0, 3600.0)  # simulated time between unplug and next plug-in
     session_kwh: tuple[float, float] = (3.0, 30.0)  # energy each EV wants
+    # The cards drivers present at slaves with an RFID register (one drawn per arriving EV); none: no card.
+    id_tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

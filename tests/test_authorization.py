@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_backend_commands import IDENTITY, Running, cluster
+from gateway.clock import Clock
+from gateway.daemon import Daemon
+from gateway.simulator import run_simulation
+from gateway.store import Store
+from tests.test_backend_commands import IDENTITY, Running, cluster, cluster_config
 
 pytestmark = pytest.mark.interop
 
@@ -71,3 +75,52 @@ async def test_with_stop_on_invalid_id_false_the_session_stays_without_current(t
         await asyncio.sleep(1.0)
         assert not c.backend.calls("StopTransaction", IDENTITY)
         assert c.daemon.connectors[1].transaction is not None
+
+
+BENDER_LIMIT = 1000  # Bender CC613 holding register: the current limit in whole amperes
+SLOW_LAN = [{"name": "lan", "kind": "tcp", "poll_interval_s": 1.5}]  # the Bender profile waits 1 s for an answer
+CARDS = {"speed": 60, "seed": 3, "wire_delay": False, "idle_s": [60, 180], "session_kwh": [40, 40], "id_tags": ["CARD0001", "STRANGER"]}
+
+
+async def test_the_card_at_the_slaves_reader_is_authorized_by_the_backend(tmp_path: Path) -> None:
+    """Bender CC613 boxes show the presented card in their RFID register; no free charging here."""
+    async with cluster(tmp_path, free_tag=False, profile="bender-cc613", simulator=CARDS, buses=SLOW_LAN) as c:
+        await c.until(lambda: len(c.backend.calls("StartTransaction", IDENTITY)) == 2, timeout=20)
+        shown = {p.settings.id: p.last_reading.id_tag for p in c.daemon.pollers if p.last_reading}
+        for start in [r["params"] for r in c.backend.calls("StartTransaction", IDENTITY)]:
+            assert start["idTag"] == shown[start["connectorId"]]
+            assert _calls(c, "Authorize", idTag=start["idTag"]), "asked the backend first"
+        await c.until(lambda: c.register(1, BENDER_LIMIT) == 16, timeout=5)
+
+
+async def test_offline_only_a_card_on_the_local_list_charges(tmp_path: Path) -> None:
+    """No backend at all: LocalAuthorizeOffline lets the listed card in; AllowOfflineTxForUnknownId is false."""
+    config = cluster_config(tmp_path, "ws://127.0.0.1:9/ocpp", False, 2, "bender-cc613", simulator=CARDS, buses=SLOW_LAN)
+    ready = asyncio.Event()
+    sim = asyncio.create_task(run_simulation(config, ready=ready))
+    await ready.wait()
+    store = await Store.open(config.storage.path)
+    daemon = Daemon(config, store, Clock())
+    await daemon.recover()
+    listed = [{"idTag": "CARD0001", "idTagInfo": {"status": "Accepted"}}]
+    assert (await daemon.control.send_local_list({"listVersion": 4, "updateType": "Full", "localAuthorizationList": listed}))["status"] == "Accepted"
+    task = asyncio.create_task(daemon.run())
+    try:
+        async with asyncio.timeout(20):
+            while len([p for p in daemon.pollers if p.last_reading and p.last_reading.id_tag]) < 2:
+                await asyncio.sleep(0.2)
+            shown = {p.settings.id: p.last_reading.id_tag for p in daemon.pollers if p.last_reading}
+            assert sorted(shown.values()) == ["CARD0001", "STRANGER"], f"seed 3 no longer gives one card each: {shown}"
+            card = next(cid for cid, tag in shown.items() if tag == "CARD0001")
+            while daemon.connectors[card].transaction is None:
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(1.5)
+        stranger = next(cid for cid, tag in shown.items() if tag == "STRANGER")
+        assert daemon.connectors[stranger].transaction is None and daemon.connectors[stranger].status == "Preparing"
+        assert daemon.connectors[card].transaction.id_tag == "CARD0001"
+        assert await store.pending() >= 1, "the StartTransaction waits in the outbox for the backend"
+    finally:
+        for t in (task, sim):
+            t.cancel()
+        await asyncio.gather(task, sim, return_exceptions=True)
+        await store.close()

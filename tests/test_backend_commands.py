@@ -32,15 +32,18 @@ pytestmark = pytest.mark.interop
 
 IDENTITY = "CP-CMD-01"
 LIMIT_REGISTER = 261  # Heidelberg holding register: the current limit in 0.1 A
+UNITS = {"bender-cc613": 255}  # the unit id a profile's device answers to on Modbus TCP; 1 otherwise
 
 
-def cluster_config(tmp_path: Path, backend_url: str, free_tag: bool, connectors: int = 2, **extra: object) -> Config:
+def cluster_config(
+    tmp_path: Path, backend_url: str, free_tag: bool, connectors: int = 2, profile: str = "heidelberg-energy-control", **extra: object
+) -> Config:
     doc = {
         "charge_point": {"identity": IDENTITY, "vendor": "OpenGateway", "model": "Cluster"},
         "backend": {"url": backend_url},
         "buses": [{"name": "lan", "kind": "tcp", "poll_interval_s": 0.5}],
         "connectors": [
-            {"id": c, "bus": "lan", "host": "127.0.0.1", "port": free_port(), "unit": 1, "profile": "heidelberg-energy-control"}
+            {"id": c, "bus": "lan", "host": "127.0.0.1", "port": free_port(), "unit": UNITS.get(profile, 1), "profile": profile}
             for c in range(1, connectors + 1)
         ],
         "storage": {"path": str(tmp_path / "gw.db")},
@@ -66,7 +69,7 @@ class Running:
         c = next(c for c in self.config.connectors if c.id == connector_id)
         master = TcpMaster(c.host, c.port, timeout_in_sec=2.0)
         try:
-            return int(master.execute(1, mbtk.READ_HOLDING_REGISTERS, address, 1)[0])
+            return int(master.execute(c.unit, mbtk.READ_HOLDING_REGISTERS, address, 1)[0])
         finally:
             master.close()
 
@@ -89,9 +92,11 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def cluster(tmp_path: Path, free_tag: bool = True, connectors: int = 2, **extra: object) -> AsyncIterator[Running]:
+async def cluster(
+    tmp_path: Path, free_tag: bool = True, connectors: int = 2, profile: str = "heidelberg-energy-control", **extra: object
+) -> AsyncIterator[Running]:
     async with OcppRpcBackend() as backend:
-        config = cluster_config(tmp_path, backend.url, free_tag, connectors, **extra)
+        config = cluster_config(tmp_path, backend.url, free_tag, connectors, profile, **extra)
         ready = asyncio.Event()
         sim = asyncio.create_task(run_simulation(config, ready=ready))
         await ready.wait()

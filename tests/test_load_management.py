@@ -15,6 +15,7 @@ from tests.test_backend_commands import Running, cluster
 pytestmark = pytest.mark.interop
 
 UNITS_PER_A = 10  # Heidelberg holding 261 counts 0.1 A
+FAILSAFE, WATCHDOG = 262, 257  # Heidelberg holding: fail-safe current (0.1 A), watchdog timeout (ms)
 
 
 async def _watch_sums(c: Running, limit_a: list[float], seen: list[int], stop: asyncio.Event) -> None:
@@ -31,6 +32,8 @@ async def test_three_cars_share_the_site_fuse_and_the_backends_station_limit(tmp
     async with cluster(tmp_path, connectors=3, site={"phase_limit_a": [20, 20, 20]}) as c:
         # A simulated box starts as a previous master left it, at its maximum; the daemon takes it over first.
         await c.until(lambda: sum(c.register(i) for i in (1, 2, 3)) <= 200, timeout=10, what="the boxes taken over")
+        # Each box's fallback for a dead master: 20 A shared by three, with the watchdog armed (15 s).
+        assert await asyncio.to_thread(lambda: [(c.register(i, FAILSAFE), c.register(i, WATCHDOG)) for i in (1, 2, 3)]) == [(66, 15000)] * 3
         limit = [20.0]
         seen: list[int] = []
         stop = asyncio.Event()

@@ -15,7 +15,9 @@ from gateway.devprofile import (
     DataType,
     Framing,
     Table,
+    ValueSpec,
     WordOrder,
+    WriteSpec,
     available_profiles,
     builtin_profile_dir,
     load_profile,
@@ -47,7 +49,7 @@ def test_heidelberg_profile() -> None:
     assert p.inter_frame_delay_s == pytest.approx(0.1)  # evcc's 100 ms
     assert p.request_timeout_s == pytest.approx(0.3)
     assert [(b.table, b.address, b.count) for b in p.blocks] == [(Table.INPUT, 4, 15), (Table.HOLDING, 257, 5)]
-    assert set(ROLES) <= set(p.values)
+    assert set(ROLES) - {"id_tag"} <= set(p.values)  # no RFID over Modbus (reference §1)
     state = p.values["state"]
     assert (state.table, state.address) == (Table.INPUT, 5)
     assert state.enum == {2: "A1", 3: "A2", 4: "B1", 5: "B2", 6: "C1", 7: "C2", 8: "C2", 9: "E", 10: "F", 11: "E"}
@@ -65,6 +67,8 @@ def test_heidelberg_profile() -> None:
     assert (p.pause_current_a, p.min_current_a, p.max_current_a, p.phases) == (0, 6, 16, 3)
     assert [(w.address, w.value) for w in p.init_writes] == [(258, 4)]
     assert p.watchdog is not None and (p.watchdog.timeout_s, p.watchdog.keepalive) == (15, "poll")
+    assert p.watchdog.timeout_register == WriteSpec(257, DataType.U16, scale=0.001)  # ms
+    assert p.watchdog.failsafe_current == WriteSpec(262, DataType.U16, scale=0.1)  # 0.1 A, 0 = state F
     assert "V1.0.7" in p.notes
 
 
@@ -235,6 +239,119 @@ def test_each_fault_with_its_line(tmp_path: Path, old: str, new: str, line: int,
     assert any(f == (line, path, f[2]) and message in f[2] for f in found), found
 
 
+# Faults of the keys for strings, "not available" values and the watchdog's registers.
+@pytest.mark.parametrize(
+    ("old", "new", "line", "path", "message"),
+    [
+        ("values:\n", "values:\n  model: {table: input, address: 1, type: string}\n", 8, "values.model.type", "needs count"),
+        ("values:\n", "values:\n  model: {table: input, address: 1, count: 2}\n", 8, "values.model.count", "only for type: string"),
+        (
+            "values:\n",
+            "values:\n  model: {table: input, address: 5, type: string, count: 6}\n",
+            8,
+            "values.model.address",
+            "input 5..10 is not inside one read block",
+        ),
+        ("values:\n", "values:\n  id_tag: {table: input, address: 1, type: u32}\n", 8, "values.id_tag.type", "must be type: string"),
+        (
+            "values:\n",
+            "values:\n  power: {table: input, address: 1, type: string, count: 2, unit: W}\n",
+            8,
+            "values.power.type",
+            "is a number, not a string",
+        ),
+        (
+            "values:\n",
+            "values:\n  power: {table: input, address: 1, type: f32, unit: W, invalid: 0}\n",
+            8,
+            "values.power.invalid",
+            "only for integer types",
+        ),
+        (
+            "values:\n",
+            "values:\n  power: {table: input, address: 1, unit: W, invalid: 0x10000}\n",
+            8,
+            "values.power.invalid",
+            "65536 does not fit u16",
+        ),
+        (
+            "line: {framing: rtu}",
+            "line: {framing: rtu}\nwatchdog: {timeout_s: 100, timeout_register: {address: 257, scale: 0.001}}",
+            5,
+            "watchdog.timeout_register.scale",
+            "timeout_s 100 s is raw 100000, which does not fit u16",
+        ),
+        (
+            "line: {framing: rtu}",
+            "line: {framing: rtu}\nwatchdog: {timeout_s: 15, failsafe_current: {address: 262, type: u32}}",
+            5,
+            "watchdog.failsafe_current.multiple",
+            "needs multiple: true",
+        ),
+        (
+            "line: {framing: rtu}",
+            "line: {framing: rtu}\nwatchdog: {timeout_s: 15, failsafe_current: {address: 262, type: string}}",
+            5,
+            "watchdog.failsafe_current.type",
+            "must be one of",
+        ),
+        (
+            "line: {framing: rtu}",
+            "line: {framing: rtu}\nwatchdog: {timeout_s: 15, failsafe_current: {address: 262, scale: 0.0001}}",
+            5,
+            "watchdog.failsafe_current.scale",
+            "max_current_a 16 A is raw 160000",
+        ),
+        (
+            "line: {framing: rtu}",
+            "line: {framing: rtu}\nwatchdog: {timeout_s: 15, timeout_register: {adress: 257}}",
+            5,
+            "watchdog.timeout_register.adress",
+            "did you mean 'address'?",
+        ),
+    ],
+)
+def test_each_fault_of_the_new_keys_with_its_line(tmp_path: Path, old: str, new: str, line: int, path: str, message: str) -> None:
+    assert old in VALID
+    found = faults(write(tmp_path, VALID.replace(old, new, 1)))
+    assert any(f == (line, path, f[2]) and message in f[2] for f in found), found
+
+
+def test_string_invalid_and_watchdog_registers_are_loaded(tmp_path: Path) -> None:
+    text = VALID.replace(
+        "values:\n",
+        "values:\n  id_tag: {table: input, address: 2, type: string, count: 8}\n"
+        "  energy: {table: input, address: 0, type: u32, unit: Wh, invalid: 0xFFFFFFFF}\n",
+    ).replace(
+        "line: {framing: rtu}",
+        "line: {framing: rtu}\nwatchdog:\n  timeout_s: 30\n"
+        "  timeout_register: {address: 300, type: u32, multiple: true}\n  failsafe_current: {address: 302, scale: 0.1}",
+    )
+    p = load_profile(write(tmp_path, text))
+    assert p.values["id_tag"] == ValueSpec("id_tag", Table.INPUT, 2, DataType.STRING, count=8)
+    assert p.values["id_tag"].words == 8
+    assert p.values["energy"].invalid == 0xFFFFFFFF and p.values["energy"].words == 2
+    assert p.watchdog is not None and p.watchdog.timeout_s == 30
+    assert p.watchdog.timeout_register == WriteSpec(300, DataType.U32, multiple=True)
+    assert p.watchdog.failsafe_current == WriteSpec(302, scale=0.1)
+
+
+def test_a_meter_has_no_failsafe_current(tmp_path: Path) -> None:
+    text = VALID.replace("kind: charger", "kind: meter").replace(
+        "line: {framing: rtu}", "line: {framing: rtu}\nwatchdog: {timeout_s: 15, failsafe_current: {address: 262}}"
+    )
+    assert (5, "watchdog.failsafe_current", "is for chargers: a meter offers no current") in faults(write(tmp_path, text))
+
+
+def test_a_string_value_spec_needs_its_count() -> None:
+    with pytest.raises(ValueError, match="needs a count"):
+        ValueSpec("id_tag", Table.HOLDING, 720, DataType.STRING)
+    with pytest.raises(ValueError, match="only a string"):
+        ValueSpec("power", Table.HOLDING, 720, DataType.U16, count=2)
+    with pytest.raises(ValueError, match="count"):
+        _ = DataType.STRING.words
+
+
 def test_missing_block_key_gives_the_required_fault_without_false_followers(tmp_path: Path) -> None:
     """A broken block must not also make every value 'outside any block'."""
     found = faults(write(tmp_path, VALID.replace("address: 0, count: 10}", "address: 0}")))
@@ -268,14 +385,16 @@ def test_pilot_codes_of_the_reading_model_are_the_ones_allowed() -> None:
 
 
 @pytest.fixture(scope="module")
-def fuzz_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fuzz") / f"{HEIDELBERG}.yaml"
+def fuzz_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
 
 
-@settings(max_examples=150, deadline=None)
+@pytest.mark.parametrize("name", [HEIDELBERG, "bender-cc613"])
+@settings(max_examples=100, deadline=None)
 @given(st.data())
-def test_fuzz_heidelberg_profile_with_one_value_replaced_by_junk(fuzz_file: Path, data: st.DataObject) -> None:
-    profile = yaml.safe_load((builtin_profile_dir() / f"{HEIDELBERG}.yaml").read_text())
+def test_fuzz_builtin_profile_with_one_value_replaced_by_junk(fuzz_dir: Path, name: str, data: st.DataObject) -> None:
+    fuzz_file = fuzz_dir / f"{name}.yaml"
+    profile = yaml.safe_load((builtin_profile_dir() / f"{name}.yaml").read_text())
     path = data.draw(st.sampled_from(key_paths(profile)[1:]))
     target = profile
     for key in path[:-1]:

@@ -8,17 +8,20 @@ tests pin the profile's addresses and scales as well as the arithmetic.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.devprofile import (
+    NUMBER_TYPES,
     DataType,
     Profile,
     ReadBlock,
     Table,
     ValueSpec,
+    Watchdog,
     WordOrder,
     WriteSpec,
     builtin_profile_dir,
@@ -27,19 +30,26 @@ from gateway.devprofile import (
 from gateway.errors import FrameError
 from gateway.reading import Pilot, PilotState
 from gateway.registers import (
+    RegisterWrite,
+    chargeable_current,
     current_limit_words,
     decode_raw,
     decode_reading,
+    decode_string,
     decode_value,
     encode_raw,
+    encode_string,
     encode_value,
+    failsafe_writes,
     words_of,
 )
+
+HEIDELBERG = load_profile(builtin_profile_dir() / "heidelberg-energy-control.yaml")
 
 
 @pytest.fixture(scope="module")
 def heidelberg() -> Profile:
-    return load_profile(builtin_profile_dir() / "heidelberg-energy-control.yaml")
+    return HEIDELBERG
 
 
 def heidelberg_blocks(profile: Profile, registers: dict[tuple[Table, int], int]) -> dict[ReadBlock, list[int]]:
@@ -135,7 +145,7 @@ def test_decode_literal(type_: DataType, order: WordOrder, words: list[int], val
     assert encode_raw(value, type_, order) == words
 
 
-@pytest.mark.parametrize("type_", list(DataType))
+@pytest.mark.parametrize("type_", NUMBER_TYPES)
 def test_wrong_word_count_is_refused(type_: DataType) -> None:
     with pytest.raises(ValueError, match="registers"):
         decode_raw([0] * (type_.words + 1), type_, WordOrder.HIGH_FIRST)
@@ -184,7 +194,7 @@ def test_f64_round_trip(value: float, order: WordOrder) -> None:
 
 
 @given(
-    st.sampled_from(list(DataType)).flatmap(
+    st.sampled_from(NUMBER_TYPES).flatmap(
         lambda t: st.lists(st.integers(0, 0xFFFF), min_size=t.words, max_size=t.words).map(lambda w: (t, w))
     ),
     orders,
@@ -204,3 +214,124 @@ def test_current_limit_round_trip_at_register_resolution(amperes: float) -> None
     words = encode_value(spec, amperes)
     assert words == [round(amperes * 10)]
     assert decode_raw(words, spec.type, spec.word_order) * spec.scale == pytest.approx(amperes)
+
+
+# --- fail-safe current and watchdog timeout writes -------------------------------------------
+
+
+def test_heidelberg_failsafe_writes(heidelberg: Profile) -> None:
+    """Reference §1: holding 262 in 0.1 A (0 = state F, 60..160 = 6..16 A), holding 257 in ms (factory 15000)."""
+    assert failsafe_writes(heidelberg, 16.0) == [
+        RegisterWrite(262, (160,), False, "fail-safe current 16 A"),
+        RegisterWrite(257, (15000,), False, "watchdog timeout 15 s"),
+    ]
+    assert failsafe_writes(heidelberg, 6.0)[0].words == (60,)
+    assert failsafe_writes(heidelberg, 10.04)[0].words == (100,)  # the register's 0.1 A resolution
+    assert failsafe_writes(heidelberg, 32.0)[0].words == (160,)  # capped at max_current_a
+    paused = failsafe_writes(heidelberg, 5.9)[0]  # below 6 A: the pause value, state F on expiry
+    assert paused.words == (0,) and "pause" in paused.note
+    assert failsafe_writes(heidelberg, 0.0)[0].words == (0,)
+
+
+def test_failsafe_writes_only_for_the_registers_a_profile_has(heidelberg: Profile) -> None:
+    assert failsafe_writes(replace(heidelberg, watchdog=None), 16.0) == []
+    assert failsafe_writes(replace(heidelberg, watchdog=Watchdog(15.0)), 16.0) == []
+    only_timeout = replace(heidelberg, watchdog=Watchdog(60.0, timeout_register=WriteSpec(300, DataType.U32, multiple=True)))
+    assert failsafe_writes(only_timeout, 16.0) == [RegisterWrite(300, (0, 60), True, "watchdog timeout 60 s")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-10, 100, allow_nan=False))
+def test_failsafe_current_is_always_a_current_the_box_accepts(amperes: float) -> None:
+    (write, _) = failsafe_writes(HEIDELBERG, amperes)
+    raw = write.words[0]
+    assert raw == 0 or 60 <= raw <= 160  # 1..59 are invalid on the box (reference §1, holding 261/262)
+    assert chargeable_current(HEIDELBERG, amperes) == pytest.approx(raw / 10, abs=0.05)
+
+
+# --- strings (RFID idTag) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "text"),
+    [
+        ([0x3034, 0x4135, 0x4233, 0x4339, 0x0000], "04A5B3C9"),  # high byte first: 0x30 '0', 0x34 '4'
+        ([0x4142, 0x4300], "ABC"),  # odd length: NUL-padded low byte
+        ([0x4142, 0x2020], "AB"),  # space-padded
+        ([0x4142, 0x0043], "AB"),  # the text ends at the first NUL
+        ([0x0000] * 10, None),  # no tag
+        ([0xFFFF] * 10, None),  # an erased field: no tag
+        ([0x2020, 0x0000], None),  # nothing left after trimming
+        ([], None),
+    ],
+)
+def test_decode_string_literals(words: list[int], text: str | None) -> None:
+    assert decode_string(words) == text
+
+
+@pytest.mark.parametrize("words", [[0x41FF, 0x0000], [0x0141], [0xFFFF, 0x0000]])
+def test_decode_string_refuses_what_is_not_text(words: list[int]) -> None:
+    with pytest.raises(ValueError, match="printable ASCII"):
+        decode_string(words)
+
+
+def test_encode_string() -> None:
+    assert encode_string("04A5B3C9", 5) == [0x3034, 0x4135, 0x4233, 0x4339, 0x0000]
+    assert encode_string(None, 3) == encode_string("", 3) == [0, 0, 0]
+    with pytest.raises(ValueError, match="does not fit 2 registers"):
+        encode_string("ABCDE", 2)
+    with pytest.raises(ValueError, match="printable ASCII"):
+        encode_string("Müller", 10)
+
+
+_TAG_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=20).filter(lambda t: not t.endswith(" "))
+
+
+@given(_TAG_TEXT, st.integers(10, 20))
+def test_string_round_trip(text: str, count: int) -> None:
+    words = encode_string(text, count)
+    assert len(words) == count and all(0 <= w <= 0xFFFF for w in words)
+    assert decode_string(words) == text
+
+
+def test_string_is_not_a_number() -> None:
+    with pytest.raises(ValueError, match="decode_string"):
+        decode_raw([0x4142], DataType.STRING, WordOrder.HIGH_FIRST)
+    with pytest.raises(ValueError, match="encode_string"):
+        encode_raw(1, DataType.STRING, WordOrder.HIGH_FIRST)
+
+
+# --- "not available" values -------------------------------------------------------------------
+
+
+def test_invalid_raw_value_decodes_to_none() -> None:
+    spec = ValueSpec("power", Table.HOLDING, 220, DataType.U32, unit="W", invalid=0xFFFFFFFF)
+    assert decode_value(spec, [0xFFFF, 0xFFFF]) is None
+    assert decode_value(spec, [0xFFFF, 0xFFFE]) == 0xFFFFFFFE
+    assert decode_value(replace(spec, invalid=None), [0xFFFF, 0xFFFF]) == 0xFFFFFFFF
+
+
+def test_reading_leaves_out_what_is_not_available(heidelberg: Profile) -> None:
+    values = dict(heidelberg.values)
+    values["energy"] = replace(values["energy"], invalid=0xFFFFFFFF)
+    values["temperature"] = replace(values["temperature"], invalid=-1)
+    values["id_tag"] = ValueSpec("id_tag", Table.INPUT, 102, DataType.STRING, count=2)
+    values["logistic"] = ValueSpec("logistic", Table.INPUT, 104, DataType.STRING, count=2)
+    profile = replace(heidelberg, values=values, blocks=(*heidelberg.blocks, ReadBlock(Table.INPUT, 102, 4)))
+    registers = CHARGING | {(I, 17): 0xFFFF, (I, 18): 0xFFFF, (I, 9): 0xFFFF, (I, 102): 0x3132, (I, 103): 0x3300}
+    reading = decode_reading(profile, heidelberg_blocks(profile, registers))
+    assert reading.energy_wh is None and reading.power_w == 11040
+    assert reading.id_tag == "123"
+    extra = dict(reading.extra)
+    assert "temperature" not in extra and "logistic" not in extra and "id_tag" not in extra
+    reading = decode_reading(profile, heidelberg_blocks(profile, registers | {(I, 104): 0x5858}))
+    assert dict(reading.extra)["logistic"] == "XX"
+    with pytest.raises(FrameError, match="id_tag: not printable ASCII"):
+        decode_reading(profile, heidelberg_blocks(profile, registers | {(I, 102): 0x3180}))
+    state = replace(values["state"], invalid=0xFFFF)
+    with pytest.raises(FrameError, match="state is not available"):
+        decode_reading(replace(profile, values={**values, "state": state}), heidelberg_blocks(profile, registers | {(I, 5): 0xFFFF}))
+
+
+def test_a_profile_without_an_id_tag_register_reads_no_tag(heidelberg: Profile) -> None:
+    assert decode_reading(heidelberg, heidelberg_blocks(heidelberg, CHARGING)).id_tag is None

@@ -71,6 +71,7 @@ from gateway.wiretime import transaction_wire_s
 from tests.loopback import free_port
 
 HEIDELBERG = load_profile(builtin_profile_dir() / "heidelberg-energy-control.yaml")
+BENDER = load_profile(builtin_profile_dir() / "bender-cc613.yaml")
 INPUT_BLOCK = ReadBlock(Table.INPUT, 4, 15)
 HOLDING_BLOCK = ReadBlock(Table.HOLDING, 257, 5)
 STATE = {"A1": 2, "A2": 3, "B1": 4, "B2": 5, "C1": 6, "C2": 7, "F": 10}  # Heidelberg input 5
@@ -143,6 +144,23 @@ def test_ev_rejects_bad_input() -> None:
         EvModel(random.Random(4), timing=EvTiming(idle_s=(10, 5)))
 
 
+def test_each_arriving_ev_presents_a_tag_drawn_with_the_outlets_seed() -> None:
+    def tags(seed: int, id_tags: tuple[str, ...]) -> list[str | None]:
+        ev = EvModel(random.Random(seed), timing=EvTiming(idle_s=(10, 60), session_kwh=(0.5, 1)), offered_a=16, id_tags=id_tags)
+        seen = []
+        for t in range(0, 24 * 3600, 30):
+            if any(e.activity is Activity.PLUGGED for e in ev.advance(t)):
+                assert ev.ev is not None
+                seen.append(ev.ev.id_tag)
+        return seen
+
+    cards = ("04A5B3C9", "DEADBEEF", "TAG-3")
+    first = tags(7, cards)
+    assert len(first) > 20 and set(first) == set(cards)
+    assert tags(7, cards) == first and tags(8, cards) != first
+    assert set(tags(7, ())) == {None}
+
+
 # Each activity may follow only these (the outlet's life cycle).
 _NEXT = {
     "unplug": {"plug"},
@@ -205,7 +223,8 @@ def test_register_image_decodes_to_the_model() -> None:
         assert (225 <= volts <= 235) if used else (0 < volts < 20)
     extra = dict(reading.extra)
     assert extra["layout_version"] == 0x0108 and extra["external_lock"] == 1
-    assert 20 < extra["temperature"] < 50
+    temperature = extra["temperature"]
+    assert isinstance(temperature, float) and 20 < temperature < 50
 
 
 def test_an_empty_outlet_shows_a1_or_a2() -> None:
@@ -241,7 +260,7 @@ def test_current_limit_write_changes_what_the_ev_draws() -> None:
 
 @pytest.mark.parametrize(
     ("table", "address", "count"),
-    [(Table.INPUT, 19, 1), (Table.INPUT, 3, 2), (Table.INPUT, 100, 1), (Table.HOLDING, 262, 1), (Table.HOLDING, 256, 2)],
+    [(Table.INPUT, 19, 1), (Table.INPUT, 3, 2), (Table.INPUT, 100, 1), (Table.HOLDING, 263, 1), (Table.HOLDING, 256, 2)],
 )
 def test_reads_outside_the_blocks_are_illegal_addresses(table: Table, address: int, count: int) -> None:
     with pytest.raises(SlaveException) as info:
@@ -249,7 +268,7 @@ def test_reads_outside_the_blocks_are_illegal_addresses(table: Table, address: i
     assert info.value.code == 2
 
 
-@pytest.mark.parametrize(("address", "words"), [(260, [1]), (257, [0]), (5, [7]), (261, [60, 1]), (261, [])])
+@pytest.mark.parametrize(("address", "words"), [(260, [1]), (256, [0]), (5, [7]), (262, [60, 1]), (261, [])])
 def test_writes_outside_the_writable_registers_are_illegal_addresses(address: int, words: list[int]) -> None:
     slave = _slave()
     with pytest.raises(SlaveException) as info:
@@ -272,6 +291,49 @@ def test_watchdog_fails_safe_then_recovers_when_the_master_talks() -> None:
     assert [e.kind for e in events[-2:]] == ["recovered", "charging"]
     reading = _poll(slave, 20.5)
     assert reading.vendor_state == STATE["C2"] and reading.power_w
+
+
+def test_watchdog_registers_start_at_their_factory_values() -> None:
+    slave = _slave()
+    assert slave.read(Table.HOLDING, 262, 1, 0.0) == [0]  # fail-safe current 0: state F (reference §1)
+    assert slave.read(Table.HOLDING, 257, 1, 0.0) == [15000]
+    assert slave.watchdog_timeout_s == pytest.approx(15.0)
+
+
+def test_a_failsafe_current_keeps_the_ev_charging_at_it() -> None:
+    events: list[SlaveEvent] = []
+    slave = _slave(events=events)
+    slave.write(262, [60], 1.0)  # 6 A when the master goes silent
+    assert _poll(slave, 2.0).vendor_state == STATE["C2"]
+    slave.tick(17.0)
+    assert slave.failsafe and events[-1].kind == "watchdog"
+    assert slave.offered_a == 6.0 and slave.ev.draw_a == 6.0
+    # The request that wakes the box still reads the failed-safe state: charging, at 6 A (input 6 in 0.1 A).
+    assert slave.read(Table.INPUT, 5, 2, 20.0) == [STATE["C2"], 60]
+    assert events[-1].kind == "recovered" and not slave.failsafe
+    assert slave.offered_a == 16.0  # the current limit again
+
+
+@pytest.mark.parametrize("raw", [0, 30])  # the pause value, and 3 A: below the minimum, also no current
+def test_a_failsafe_current_below_the_minimum_is_state_f(raw: int) -> None:
+    slave = _slave()
+    slave.write(262, [raw], 1.0)
+    slave.tick(16.5)
+    assert slave.failsafe and slave.pilot_code() == "F" and slave.ev.power_w == 0
+
+
+def test_the_timeout_register_sets_the_watchdog_in_use() -> None:
+    slave = _slave()
+    slave.write(257, [5000], 1.0)  # 5 s
+    assert slave.watchdog_timeout_s == pytest.approx(5.0)
+    slave.tick(5.9)
+    assert not slave.failsafe
+    slave.tick(6.0)
+    assert slave.failsafe
+    slave.write(257, [0], 7.0)  # 0 = watchdog off (reference §1, holding 257)
+    assert not slave.failsafe
+    slave.tick(10_000.0)
+    assert not slave.failsafe
 
 
 def test_a_write_also_feeds_the_watchdog() -> None:
@@ -566,6 +628,39 @@ async def test_tcp_server_with_pymodbus_and_modbus_tk(tmp_path: Path) -> None:
         inputs = await asyncio.to_thread(with_modbus_tk)
         assert inputs[0] == 0x0108 and (inputs[13] << 16 | inputs[14]) > 0
     assert any(e["connector"] == 2 and e["event"] == "charging" for e in events)
+
+
+async def test_tcp_bender_unit_255_shows_the_drivers_tag(tmp_path: Path) -> None:
+    port = free_port()
+    lan = BusSettings("lan", Framing.TCP)
+    connector = ConnectorSettings(1, "lan", 255, BENDER.name, host="127.0.0.1", port=port)
+    config = replace(_config(tmp_path, (lan,), (connector,)), profiles={BENDER.name: BENDER})
+    async with simulating(config, id_tags=["04A5B3C9"]):
+        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+        assert await client.connect()
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    blocks = {}
+                    for block in BENDER.blocks:
+                        reply = await client.read_holding_registers(block.address, count=block.count, device_id=255)
+                        assert not reply.isError(), reply
+                        blocks[block] = reply.registers
+                    reading = decode_reading(BENDER, blocks)
+                    if reading.state is not None and reading.state.pilot is Pilot.C and reading.power_w:
+                        break
+                    await asyncio.sleep(0.05)
+            assert reading.id_tag == "04A5B3C9" and reading.energy_wh
+        finally:
+            client.close()
+
+
+def test_a_tag_that_does_not_fit_the_register_is_refused(tmp_path: Path) -> None:
+    lan = BusSettings("lan", Framing.TCP)
+    connector = ConnectorSettings(1, "lan", 255, BENDER.name, host="127.0.0.1", port=free_port())
+    config = replace(_config(tmp_path, (lan,), (connector,)), profiles={BENDER.name: BENDER})
+    with pytest.raises(SimulatorError, match="connector 1: .*does not fit 10 registers"):
+        asyncio.run(run_simulation(config, id_tags=["X" * 21]))
 
 
 async def test_refuses_a_host_that_is_not_loopback(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 NOMINAL_VOLTAGE_V = 230.0  # IEC 60038 low-voltage nominal, phase to neutral
@@ -60,6 +61,7 @@ class EvSpec:
     phases: int  # 1 or 3; a 1-phase EV uses L1
     max_current_a: float
     wanted_wh: float
+    id_tag: str | None = None  # the RFID card the driver presents at the outlet; None: none
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class EvModel:
         start_energy_wh: float = 0.0,
         now: float = 0.0,
         offered_a: float = 0.0,
+        id_tags: Sequence[str] = (),
     ) -> None:
         if outlet_phases not in (1, 3):
             raise ValueError(f"an outlet has 1 or 3 phases, not {outlet_phases}")
@@ -104,6 +107,7 @@ class EvModel:
                 raise ValueError(f"{name} must be a range 0 <= low <= high, got {(low, high)}")
         self._rng = rng
         self._timing = timing
+        self.id_tags = tuple(id_tags)  # each arriving EV's driver presents one of these; none -> no tag
         self._outlet_phases = outlet_phases
         self.energy_wh = float(start_energy_wh)
         self.offered_a = max(0.0, offered_a)
@@ -190,7 +194,10 @@ class EvModel:
         rng = self._rng
         if self.phase is EvPhase.AWAY:
             (phases, max_a), = rng.choices([k for k, _ in _EV_KINDS], weights=[w for _, w in _EV_KINDS])
-            self.ev = EvSpec(phases, max_a, rng.uniform(*self._timing.session_kwh) * 1000.0)
+            wanted_wh = rng.uniform(*self._timing.session_kwh) * 1000.0
+            # Drawn only when there are tags, so a run without tags replays the same as before tags existed.
+            tag = rng.choice(self.id_tags) if self.id_tags else None
+            self.ev = EvSpec(phases, max_a, wanted_wh, tag)
             self._session_wh = 0.0
             self.phase = EvPhase.PLUGGED
             self._next_at = at + rng.uniform(*_PLUG_TO_REQUEST_S)

@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import IO, Any
 
@@ -44,14 +44,23 @@ def _rng_for(seed: int | None, connector: int) -> random.Random:
     return random.Random(f"charger-gateway-simulator/{seed}/{connector}") if seed is not None else random.Random()
 
 
-def _build_slave(config: Config, connector: ConnectorSettings, clock: TimeScale, seed: int | None, emit: Callable[[SlaveEvent], None]) -> SimSlave:
+def _build_slave(
+    config: Config,
+    connector: ConnectorSettings,
+    clock: TimeScale,
+    seed: int | None,
+    emit: Callable[[SlaveEvent], None],
+    id_tags: Sequence[str],
+) -> SimSlave:
     profile = config.profile_of(connector)
     rng = _rng_for(seed, connector.id)
     start_energy = round(rng.uniform(*_START_ENERGY_WH))
     timing = EvTiming(idle_s=config.simulator.idle_s, session_kwh=config.simulator.session_kwh)
     now = time.monotonic()
     try:
-        ev = EvModel(rng, timing=timing, outlet_phases=profile.phases, start_energy_wh=start_energy, now=clock.sim(now))
+        ev = EvModel(
+            rng, timing=timing, outlet_phases=profile.phases, start_energy_wh=start_energy, now=clock.sim(now), id_tags=id_tags
+        )
         return SimSlave(connector=connector.id, unit=connector.unit, profile=profile, ev=ev, clock=clock, now=now, emit=emit)
     except ValueError as exc:  # a profile or setting the simulator cannot play
         raise SimulatorError(f"connector {connector.id}: {exc}") from exc
@@ -65,8 +74,13 @@ async def run_simulation(
     wire_delay: bool | None = None,
     on_event: OnEvent | None = None,
     ready: asyncio.Event | None = None,
+    id_tags: Sequence[str] | None = None,
 ) -> None:
     """Play the slaves of `config` until cancelled. Arguments that are not None override config.simulator.
+
+    Each arriving EV's driver presents one of `id_tags` (drawn with its
+    connector's seeded random stream), shown in the id_tag register of
+    profiles that have one from plug-in until unplug; none: no tag is shown.
 
     `on_event` gets one dict per connector event: {"event", "connector", "unit",
     "energy_wh" (the energy register's value at that instant, Wh), "sim_time",
@@ -78,6 +92,7 @@ async def run_simulation(
     speed = settings.speed if speed is None else speed
     seed = settings.seed if seed is None else seed
     wire_delay = settings.wire_delay if wire_delay is None else wire_delay
+    id_tags = settings.id_tags if id_tags is None else id_tags
     if not speed > 0:
         raise SimulatorError(f"simulator speed must be > 0, got {speed}")
 
@@ -111,7 +126,7 @@ async def run_simulation(
             where = f"bus {bus.name}"
         if connector.unit in units:
             raise SimulatorError(f"connector {connector.id}: unit {connector.unit} already answers on {where}")
-        units[connector.unit] = slave = _build_slave(config, connector, clock, seed, emit)
+        units[connector.unit] = slave = _build_slave(config, connector, clock, seed, emit, id_tags)
         everyone.append(slave)
 
     ports: dict[str, str] = {}

@@ -5,8 +5,15 @@ No I/O: the line and TCP servers hand in decoded requests with the real
 `SlaveException`. EV behaviour runs on simulated time (`TimeScale`), while the
 communication watchdog runs on real time, as on the real box.
 
-Register words are made with gateway.registers.encode_value, the exact inverse
-of what the daemon decodes, so a poll decodes back to the model's values.
+Register words are made with gateway.registers.encode_value (and encode_string
+for text), the exact inverse of what the daemon decodes, so a poll decodes back
+to the model's values.
+
+The watchdog plays the Heidelberg rules (shared/reference/modbus-register-maps.md
+§1, holding 257 and 262), generalised to any profile that names the registers:
+the timeout register sets the timeout in use (0 = off); on expiry the box
+applies the fail-safe current register - a current of at least the minimum is
+offered on (the EV keeps charging at it), anything else is state F.
 """
 
 from __future__ import annotations
@@ -15,8 +22,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.devprofile import ROLES, Profile, Table, ValueSpec
-from gateway.registers import decode_raw, decode_value, encode_raw, encode_value
+from gateway.devprofile import ROLES, DataType, Profile, Table, ValueSpec, WriteSpec
+from gateway.registers import decode_raw, decode_value, encode_raw, encode_string, encode_value
 from gateway.simulator.ev import Activity, EvEvent, EvModel
 
 # Modbus application protocol §7: exception codes a slave answers with.
@@ -74,7 +81,9 @@ def _inverse_states(profile: Profile) -> dict[str, int]:
     for raw, code in spec.enum.items():
         first.setdefault(code, raw)
     table: dict[str, int] = {}
-    for want in ("A1", "A2", "B1", "B2", "C1", "C2", "F"):
+    # F is shown only when a watchdog fails safe; a profile without one need not have it.
+    wanted = ("A1", "A2", "B1", "B2", "C1", "C2") + (("F",) if profile.watchdog is not None else ())
+    for want in wanted:
         for candidate in (want, want[0], f"{want[0]}2", f"{want[0]}1"):
             if candidate in first:
                 table[want] = first[candidate]
@@ -114,13 +123,20 @@ class SimSlave:
         for init in profile.init_writes:
             self._writable.add(init.address)
             self._holding.setdefault(init.address, 0)  # factory value, e.g. Heidelberg standby enabled
+        if (watchdog := profile.watchdog) is not None:
+            # Factory values: the profile's timeout (Heidelberg 257 = 15000 ms) and the pause value
+            # as fail-safe current (Heidelberg 262 = 0: state F when the watchdog strikes).
+            factory_values = ((watchdog.timeout_register, watchdog.timeout_s), (watchdog.failsafe_current, profile.pause_current_a))
+            for register, factory in factory_values:
+                if register is not None:
+                    self._store(register.address, encode_value(register, factory))
+                    self._writable.update(range(register.address, register.address + register.type.words))
         for spec in profile.values.values():
-            if spec.table is not Table.HOLDING:
-                continue
-            if "watchdog" in spec.name and profile.watchdog is not None:
-                self._store(spec.address, encode_value(spec, _watchdog_in_unit(spec, profile.watchdog.timeout_s)))
-            elif spec.name in _PLAUSIBLE:
+            if spec.table is Table.HOLDING and spec.name in _PLAUSIBLE:
                 self._store(spec.address, encode_value(spec, _PLAUSIBLE[spec.name]))
+        if (tag_spec := profile.values.get("id_tag")) is not None and tag_spec.count is not None:
+            for tag in ev.id_tags:
+                encode_string(tag, tag_spec.count)  # raises ValueError now rather than at a poll
         self._now = now
         self._last_request = now
         self.failsafe = False
@@ -131,9 +147,9 @@ class SimSlave:
     def read(self, table: Table, address: int, count: int, now: float) -> list[int]:
         """The words of `count` registers from `address` (FC03 holding / FC04 input) at real time `now`.
 
-        A box that had failed safe answers this request still in state F and
-        recovers after it, so the master sees that the watchdog struck (the real
-        box takes seconds to recover).
+        A box that had failed safe answers this request still failed safe (state F,
+        or charging at the fail-safe current) and recovers after it, so the master
+        sees that the watchdog struck (the real box takes seconds to recover).
         """
         now = self._monotonic(now)
         self.tick(now)
@@ -160,36 +176,54 @@ class SimSlave:
         """Advance the EV to `now` and fail safe when the master has been silent longer than the watchdog."""
         now = self._monotonic(now)
         self._advance(now)
-        watchdog = self.profile.watchdog
-        if not self.failsafe and watchdog is not None and watchdog.timeout_s > 0 and now - self._last_request >= watchdog.timeout_s:
-            # Heidelberg default failsafe (holding 262 = 0): state F, no current.
+        timeout = self.watchdog_timeout_s
+        if not self.failsafe and timeout > 0 and now - self._last_request >= timeout:
             self.failsafe = True
             self._note("watchdog")
             self._apply_offer(now)
 
     @property
+    def watchdog_timeout_s(self) -> float:
+        """The watchdog timeout in use: the timeout register where the profile has one, else the profile's; 0 = off."""
+        watchdog = self.profile.watchdog
+        if watchdog is None:
+            return 0.0
+        if watchdog.timeout_register is None:
+            return watchdog.timeout_s
+        return self._register(watchdog.timeout_register)
+
+    @property
     def offered_a(self) -> float:
-        """The current the outlet offers the EV: the current-limit register, unless paused or failed safe."""
+        """The current the outlet offers the EV: the current-limit register, or the fail-safe current once failed safe."""
+        if self.failsafe:
+            watchdog = self.profile.watchdog
+            spec = watchdog.failsafe_current if watchdog is not None else None
+            return self._offer_in(spec) if spec is not None else 0.0
         limit = self.profile.current_limit
-        if self.failsafe or limit is None:
-            return 0.0 if self.failsafe else self.profile.max_current_a
-        words = [self._holding.get(a, 0) for a in range(limit.address, limit.address + limit.type.words)]
-        amperes = decode_raw(words, limit.type, limit.word_order) * limit.scale
-        resolution = abs(limit.scale)
-        if abs(amperes - self.profile.pause_current_a) < resolution / 2 or amperes < self.profile.min_current_a:
+        return self._offer_in(limit) if limit is not None else self.profile.max_current_a
+
+    def _offer_in(self, spec: WriteSpec) -> float:
+        amperes = self._register(spec)
+        if abs(amperes - self.profile.pause_current_a) < abs(spec.scale) / 2 or amperes < self.profile.min_current_a:
             # IEC 61851-1 Table A.8: no PWM duty cycle offers less than 6 A, so below the minimum is a pause.
             return 0.0
         return min(amperes, self.profile.max_current_a)
+
+    def _register(self, spec: WriteSpec) -> float:
+        """The engineering value a written holding register holds now."""
+        words = [self._holding.get(a, 0) for a in range(spec.address, spec.address + spec.type.words)]
+        return decode_raw(words, spec.type, spec.word_order) * spec.scale
 
     def _energy_register(self, energy_wh: float) -> int | None:
         spec = self.profile.values.get("energy")
         if spec is None:
             return None
-        return round(decode_value(spec, _encode_clamped(spec, energy_wh)))
+        value = decode_value(spec, _encode_clamped(spec, energy_wh))
+        return None if value is None else round(value)
 
     def pilot_code(self) -> str:
-        """The IEC 61851-1 pilot state the box shows: EV letter plus EVSE digit, or F when failed safe."""
-        if self.failsafe:
+        """The IEC 61851-1 pilot state the box shows: EV letter plus EVSE digit, or F when failed safe to no current."""
+        if self.failsafe and self.offered_a <= 0:
             return "F"
         letter = {Activity.UNPLUGGED: "A", Activity.PLUGGED: "B", Activity.SUSPENDED: "B"}.get(self.ev.activity, "C")
         return f"{letter}{2 if self.offered_a > 0 else 1}"
@@ -242,6 +276,12 @@ class SimSlave:
         for spec in self.profile.values.values():
             if spec.table is not table:
                 continue
+            if spec.count is not None:
+                # While an EV is plugged in (plug-in to unplug) the outlet shows the tag it presented.
+                tag = self.ev.ev.id_tag if spec.name == "id_tag" and self.ev.ev is not None else None
+                words = encode_string(tag, spec.count)
+                image.update(zip(range(spec.address, spec.address + spec.count), words, strict=True))
+                continue
             value = self._model_value(spec)
             if value is None:
                 continue
@@ -284,18 +324,20 @@ class SimSlave:
         return 230.0 + 3.0 * math.sin(self.ev.sim_time / 97.0 + line)
 
 
-def _watchdog_in_unit(spec: ValueSpec, timeout_s: float) -> float:
-    """The watchdog timeout in the register's unit (Heidelberg holding 257 counts milliseconds)."""
-    return timeout_s * 1000.0 if spec.unit == "ms" else timeout_s
-
-
 def _encode_clamped(spec: ValueSpec, value: float) -> list[int]:
-    """encode_value, but a value beyond the register's range reads as its limit instead of failing the poll."""
+    """encode_value, but a value beyond the register's range reads as its limit instead of failing the poll.
+
+    The limit stops one short of the device's "not available" value where that is the limit (0xFFFFFFFF).
+    """
+    bits = 16 * spec.type.words
+    signed = spec.type.value.startswith("i")
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     try:
-        return encode_value(spec, value)
+        words = encode_value(spec, value)
     except ValueError:
-        bits = 16 * spec.type.words
-        signed = spec.type.value.startswith("i")
-        low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-        return encode_raw(high if value / spec.scale > 0 else low, spec.type, spec.word_order)
+        words = encode_raw(high if value / spec.scale > 0 else low, spec.type, spec.word_order)
+    raw = decode_raw(words, spec.type, spec.word_order)
+    if spec.invalid is not None and raw == spec.invalid and spec.type not in (DataType.F32, DataType.F64):
+        words = encode_raw(raw - 1 if raw == high else raw + 1, spec.type, spec.word_order)
+    return words
 
