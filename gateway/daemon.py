@@ -263,7 +263,12 @@ class Daemon:
         offered = {p.settings.id: p.offered_a for p in self.pollers}
         allowed = self.site.allowed_a(connector_id, now, self._demands(now), offered, station)
         allocation = self.site.allocation
-        why = allocation.reason(connector_id).value if allocation and connector_id in allocation.grants else "-"
+        why = "-"
+        if allocation is not None and connector_id in allocation.grants:
+            grant = allocation.grants[connector_id]
+            why = grant.reason.value
+            if allowed < grant.amps - 0.05:
+                why += f"; {grant.amps:.1f} A once the others have come down"
         if self._shared.get(connector_id) != (allowed, why):
             self._shared[connector_id] = (allowed, why)
             log.info("connector %d: site share %.1f A (%s)", connector_id, allowed, why)
