@@ -12,11 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import Clock
-from gateway.daemon import Daemon
-from gateway.simulator import run_simulation
-from gateway.store import Store
-from tests.test_backend_commands import IDENTITY, Running, cluster, cluster_config
+from tests.test_backend_commands import IDENTITY, Running, cluster, cluster_config, daemon_on_simulator
 
 pytestmark = pytest.mark.interop
 
@@ -96,16 +92,10 @@ async def test_the_card_at_the_slaves_reader_is_authorized_by_the_backend(tmp_pa
 async def test_offline_only_a_card_on_the_local_list_charges(tmp_path: Path) -> None:
     """No backend at all: LocalAuthorizeOffline lets the listed card in; AllowOfflineTxForUnknownId is false."""
     config = cluster_config(tmp_path, "ws://127.0.0.1:9/ocpp", False, 2, "bender-cc613", simulator=CARDS, buses=SLOW_LAN)
-    ready = asyncio.Event()
-    sim = asyncio.create_task(run_simulation(config, ready=ready))
-    await ready.wait()
-    store = await Store.open(config.storage.path)
-    daemon = Daemon(config, store, Clock())
-    await daemon.recover()
-    listed = [{"idTag": "CARD0001", "idTagInfo": {"status": "Accepted"}}]
-    assert (await daemon.control.send_local_list({"listVersion": 4, "updateType": "Full", "localAuthorizationList": listed}))["status"] == "Accepted"
-    task = asyncio.create_task(daemon.run())
-    try:
+    async with daemon_on_simulator(config) as (daemon, _):
+        listed = [{"idTag": "CARD0001", "idTagInfo": {"status": "Accepted"}}]
+        sent = await daemon.control.send_local_list({"listVersion": 4, "updateType": "Full", "localAuthorizationList": listed})
+        assert sent["status"] == "Accepted"  # before the EVs arrive, 1 to 3 s after the start
         async with asyncio.timeout(20):
             while len([p for p in daemon.pollers if p.last_reading and p.last_reading.id_tag]) < 2:
                 await asyncio.sleep(0.2)
@@ -118,9 +108,4 @@ async def test_offline_only_a_card_on_the_local_list_charges(tmp_path: Path) -> 
         stranger = next(cid for cid, tag in shown.items() if tag == "STRANGER")
         assert daemon.connectors[stranger].transaction is None and daemon.connectors[stranger].status == "Preparing"
         assert daemon.connectors[card].transaction.id_tag == "CARD0001"
-        assert await store.pending() >= 1, "the StartTransaction waits in the outbox for the backend"
-    finally:
-        for t in (task, sim):
-            t.cancel()
-        await asyncio.gather(task, sim, return_exceptions=True)
-        await store.close()
+        assert await daemon.store.pending() >= 1, "the StartTransaction waits in the outbox for the backend"

@@ -92,27 +92,34 @@ class Running:
 
 
 @contextlib.asynccontextmanager
+async def daemon_on_simulator(config: Config) -> AsyncIterator[tuple[Daemon, asyncio.Task[None]]]:
+    """The simulated slaves of `config` and the daemon over them, both in this process."""
+    ready = asyncio.Event()
+    sim = asyncio.create_task(run_simulation(config, ready=ready))
+    await ready.wait()
+    store = await Store.open(config.storage.path)
+    daemon = Daemon(config, store, Clock())
+    await daemon.recover()
+    task = asyncio.create_task(daemon.run())
+    try:
+        yield daemon, task
+    finally:
+        for t in (task, sim):
+            t.cancel()
+        await asyncio.gather(task, sim, return_exceptions=True)
+        await store.close()
+
+
+@contextlib.asynccontextmanager
 async def cluster(
     tmp_path: Path, free_tag: bool = True, connectors: int = 2, profile: str = "heidelberg-energy-control", **extra: object
 ) -> AsyncIterator[Running]:
     async with OcppRpcBackend() as backend:
         config = cluster_config(tmp_path, backend.url, free_tag, connectors, profile, **extra)
-        ready = asyncio.Event()
-        sim = asyncio.create_task(run_simulation(config, ready=ready))
-        await ready.wait()
-        store = await Store.open(config.storage.path)
-        daemon = Daemon(config, store, Clock())
-        await daemon.recover()
-        task = asyncio.create_task(daemon.run())
-        try:
+        async with daemon_on_simulator(config) as (daemon, task):
             await asyncio.wait_for(daemon.uplink.connected.wait(), 20)
             yield Running(config, backend, daemon, task)
             assert backend.violations == [], backend.violations
-        finally:
-            for t in (task, sim):
-                t.cancel()
-            await asyncio.gather(task, sim, return_exceptions=True)
-            await store.close()
 
 
 async def test_configuration_is_validated_answered_and_kept(tmp_path: Path) -> None:

@@ -231,18 +231,7 @@ def test_a_minimal_profile_gets_the_documented_defaults(tmp_path: Path) -> None:
             "watchdog.keepalive",
             "must be one of poll",
         ),
-    ],
-)
-def test_each_fault_with_its_line(tmp_path: Path, old: str, new: str, line: int, path: str, message: str) -> None:
-    assert old in VALID
-    found = faults(write(tmp_path, VALID.replace(old, new, 1)))
-    assert any(f == (line, path, f[2]) and message in f[2] for f in found), found
-
-
-# Faults of the keys for strings, "not available" values and the watchdog's registers.
-@pytest.mark.parametrize(
-    ("old", "new", "line", "path", "message"),
-    [
+        # strings, "not available" values and the watchdog's registers
         ("values:\n", "values:\n  model: {table: input, address: 1, type: string}\n", 8, "values.model.type", "needs count"),
         ("values:\n", "values:\n  model: {table: input, address: 1, count: 2}\n", 8, "values.model.count", "only for type: string"),
         (
@@ -311,10 +300,11 @@ def test_each_fault_with_its_line(tmp_path: Path, old: str, new: str, line: int,
         ),
     ],
 )
-def test_each_fault_of_the_new_keys_with_its_line(tmp_path: Path, old: str, new: str, line: int, path: str, message: str) -> None:
+def test_each_fault_with_its_line(tmp_path: Path, old: str, new: str, line: int, path: str, message: str) -> None:
     assert old in VALID
     found = faults(write(tmp_path, VALID.replace(old, new, 1)))
     assert any(f == (line, path, f[2]) and message in f[2] for f in found), found
+
 
 
 def test_string_invalid_and_watchdog_registers_are_loaded(tmp_path: Path) -> None:
