@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "config" / "demo.yaml"
 EXAMPLE = REPO / "config" / "gateway.example.yaml"
 HEIDELBERG = "heidelberg-energy-control"
+KNOWN = ", ".join(sorted(p.stem for p in builtin_profile_dir().glob("*.yaml")))  # the built-in profiles, as listed in faults
 
 Fault = tuple["int | None", str, str]
 
@@ -152,7 +153,7 @@ def test_a_broken_config_reports_every_fault_with_line_and_key_path(tmp_path: Pa
     assert "connector id 1 is already used by connectors[0]" in messages[(22, "connectors[1].id")]
     assert "unit 1 on bus 'rs485-1' is already used by connectors[0]" in messages[(22, "connectors[1].unit")]
     assert "at most 255" in messages[(23, "connectors[2].unit")]
-    assert f"did you mean {HEIDELBERG!r}? known: bender-cc613, {HEIDELBERG}" in messages[(23, "connectors[2].profile")]
+    assert f"did you mean {HEIDELBERG!r}? known: {KNOWN}" in messages[(23, "connectors[2].profile")]
     assert "unknown bus 'nowhere'; buses: rs485-1, rs485-2, spare" in messages[(23, "connectors[2].bus")]
     assert "at least 1" in messages[(24, "connectors[3].id")]
     assert messages[(25, "storage.path")] == "is required"
@@ -196,7 +197,7 @@ ERRORS = [
     (B1, B1 + "  - {name: line2, kind: rtu, port: /dev/ttyS1}\n", 6, "buses[2].port", "/dev/ttyS1 is already used by buses[0]"),
     ("bus: lan,", "bus: lam,", 9, "connectors[2].bus", "unknown bus 'lam'; buses: line1, lan"),
     (B1, B1 + "  - {name: spare, kind: tcp}\n", 6, "buses[2].name", "no connector uses bus 'spare'"),
-    ("{id: 1, bus: line1, unit: 1, profile: heidelberg-energy-control}", "{id: 1, bus: line1, unit: 1, profile: abl}", 7, "connectors[0].profile", f"unknown profile 'abl'; known: bender-cc613, {HEIDELBERG}"),
+    ("{id: 1, bus: line1, unit: 1, profile: heidelberg-energy-control}", "{id: 1, bus: line1, unit: 1, profile: abl}", 7, "connectors[0].profile", f"unknown profile 'abl'; known: {KNOWN}"),
     ("poll_interval_s: 2}", "poll_interval_s: 0.5}", 4, "buses[0].poll_interval_s", "a round over 2 dead device(s) takes 0.80 s"),
     ("poll_interval_s: 2}", "poll_interval_s: 2, request_timeout_s: 1}", 4, "buses[0].request_timeout_s", "takes 2.20 s"),
     ("kind: rtu", "kind: ascii", 7, "connectors[0].profile", "an ASCII line and an RTU line can never be mixed"),

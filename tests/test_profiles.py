@@ -306,7 +306,6 @@ def test_each_fault_with_its_line(tmp_path: Path, old: str, new: str, line: int,
     assert any(f == (line, path, f[2]) and message in f[2] for f in found), found
 
 
-
 def test_string_invalid_and_watchdog_registers_are_loaded(tmp_path: Path) -> None:
     text = VALID.replace(
         "values:\n",
