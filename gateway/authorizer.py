@@ -60,7 +60,7 @@ class Authorizer:
     def verdict(self, connector_id: int, id_tag: str | None) -> str | None:
         """The tag shown at a connector, once it may start charging; a new tag is sent for authorization."""
         if id_tag is None:
-            self._presented.pop(connector_id, None)  # the card or the EV went: a new one starts afresh
+            self.forget(connector_id)
             return None
         shown = self._presented.get(connector_id)
         if shown is None or shown.id_tag != id_tag:
@@ -68,6 +68,10 @@ class Authorizer:
             self._queue.put_nowait((connector_id, id_tag))
             return None
         return id_tag if shown.verdict is Verdict.ACCEPTED else None
+
+    def forget(self, connector_id: int) -> None:
+        """A verdict counts for one start: after it, or once the EV or the card went, a tag is judged afresh."""
+        self._presented.pop(connector_id, None)
 
     def parent_of(self, id_tag: str) -> str | None:
         return parent_id_tag_of(id_tag, self.control.local_list, self.control.cache)

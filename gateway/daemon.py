@@ -147,6 +147,8 @@ class Daemon:
                 return False
             self._pending = []
         for effect in batch:
+            if isinstance(effect, TransactionStarted) or (isinstance(effect, StatusChanged) and effect.status == "Available"):
+                self.authorizer.forget(effect.connector_id)
             if isinstance(effect, StatusChanged):
                 self.statuses[effect.connector_id] = effect
                 self.uplink.status_changed(effect)
