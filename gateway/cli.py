@@ -98,6 +98,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args.config, duration=args.duration)
 
 
+def cmd_profiles(args: argparse.Namespace) -> int:
+    """`profiles list`: every device profile, one line each; `profiles show NAME`: one profile's file."""
+    import json
+
+    from gateway.devprofile import available_profiles, load_profile
+
+    known = available_profiles([Path(d) for d in args.dir])
+    if args.action == "list":
+        rows = []
+        for name, path in known.items():
+            try:
+                profile = load_profile(path)
+            except ConfigError as exc:  # one broken site profile must not hide the others
+                rows.append({"name": name, "file": str(path), "error": str(exc.issues[0])})
+                continue
+            rows.append({
+                "name": name, "kind": profile.kind, "framing": profile.line.framing.value,
+                "description": profile.description, "file": str(path),
+            })
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                what = f"error: {row['error']}" if "error" in row else f"{row['kind']:<8} {row['framing']:<6} {row['description']}"
+                print(f"{row['name']:<32} {what}")
+        return 1 if any("error" in row for row in rows) else 0
+    if args.name not in known:
+        print(f"error: unknown profile {args.name!r}; known: {', '.join(known)}", file=sys.stderr)
+        return 1
+    load_profile(known[args.name])  # a broken profile exits 78 with its faults, line by line
+    print(f"# {known[args.name]}")
+    print(known[args.name].read_text(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charger-gateway", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {gateway.__version__}")
@@ -128,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="TLS private key (PEM)")
     p.set_defaults(func=cmd_demo_backend)
 
+    p = sub.add_parser("profiles", help="the device profiles: list them, or show one")
+    p.add_argument("action", choices=("list", "show"))
+    p.add_argument("name", nargs="?", metavar="NAME", help="the profile to show")
+    p.add_argument("--dir", action="append", default=[], metavar="DIR", help="also a site's profile directory (profile_dirs)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_profiles)
+
     p = sub.add_parser("demo", help="simulator, demo backend and daemon together, on the demo config")
     p.add_argument("-c", "--config", default="config/demo.yaml", metavar="FILE")
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
@@ -136,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "profiles" and args.action == "show" and not args.name:
+        parser.error("profiles show needs a NAME")
     _setup_logging(args.verbose)
     try:
         result: int = args.func(args)
