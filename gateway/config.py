@@ -512,9 +512,14 @@ class _Checks:
                         )
 
     def wiring(self) -> None:
-        """A connector's site phases name one site phase for each phase of its device."""
+        """A connector is a charger, and its site phases name one site phase for each phase of its device."""
         for i, connector in self.connectors:
             profile, phases = self.profiles.get(connector.get("profile", "")), connector.get("phases")
+            if profile is not None and profile.kind != "charger":
+                self.error(
+                    ("connectors", i, "profile"),
+                    f"{profile.name!r} is a {profile.kind} profile: a connector needs a charger, whose state drives its sessions",
+                )
             if profile is not None and isinstance(phases, list) and len(phases) != profile.phases:
                 self.error(
                     ("connectors", i, "phases"),
