@@ -19,12 +19,16 @@ currents the slaves offer.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.load_sharing import PHASES, Allocation, Demand, LoadSharer, SharingPolicy, SnapshotError
 
 _STEP_A = 0.1  # the resolution of the slaves' current setpoints
+# Every connector's poll asks for its share. The whole site is decided again at most this often
+# (turns, give-back, what the cars draw), and at once when a car comes or goes, a backend limit
+# changes or the station cap moves: the rest of the time the polls reuse the last decision.
+REALLOCATE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class SiteLoad:
         self.policy = SharingPolicy(phase_limit_a=phase_limit_a, rotation_s=rotation_s, step_a=_STEP_A)
         self.sharer = LoadSharer(self.policy)
         self.allocation: Allocation | None = None  # the last decision, for status
+        self._decided: tuple[float, object] | None = None  # when, and for which demands, it was made
 
     def snapshot(self, now: float) -> dict[str, object]:
         """Turns, queue and give-back caps, to keep across a restart."""
@@ -73,7 +78,7 @@ class SiteLoad:
         self,
         connector_id: int,
         now: float,
-        demands: Iterable[Demand],
+        demands: Sequence[Demand],
         offered_a: Mapping[int, float],
         station_cap_a: float | None,
     ) -> float:
@@ -82,7 +87,11 @@ class SiteLoad:
         offered_a: the current each other slave offers now (0 when paused; its max when unknown).
         Below the outlet's minimum the answer is 0 (pause, IEC 61851-1: no less than 6 A).
         """
-        self.allocation = self.sharer.allocate(now, demands, station_cap_a)
+        shape = (station_cap_a, [(d.connector_id, d.wants_current, d.max_a) for d in demands])
+        if self._decided is None or self._decided[1] != shape or now - self._decided[0] >= REALLOCATE_S:
+            self.allocation = self.sharer.allocate(now, demands, station_cap_a)
+            self._decided = (now, shape)
+        assert self.allocation is not None
         grant = self.allocation.amps(connector_id) if connector_id in self.allocation.grants else 0.0
         outlet = self.outlets[connector_id]
         room = min(
@@ -92,6 +101,15 @@ class SiteLoad:
         )
         allowed = _floor_step(min(grant, room))
         return allowed if allowed >= outlet.min_a else 0.0
+
+    def why(self, connector_id: int, allowed_a: float) -> str:
+        """Why a connector got `allowed_a` at the last decision, for the technician's log."""
+        grant = self.allocation.grants.get(connector_id) if self.allocation is not None else None
+        if grant is None:
+            return "-"
+        if allowed_a < grant.amps - _STEP_A / 2:
+            return f"{grant.reason.value}; {grant.amps:.1f} A once the others have come down"
+        return grant.reason.value
 
     def failsafe_a(self, connector_id: int, configured_a: float | None) -> float:
         """The fail-safe current of an outlet: every outlet on a phase at it together stay within the limit.

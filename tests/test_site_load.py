@@ -62,8 +62,10 @@ def test_an_increase_waits_until_the_others_have_come_down() -> None:
     assert site.allowed_a(1, 0.0, [_demand(a), _demand(b, wants=False)], {1: 0.0, 2: 0.0}, None) == 32.0
     demands = [_demand(a), _demand(b, since=10.0)]
     assert site.allowed_a(2, 10.0, demands, {1: 32.0, 2: 0.0}, None) == 8.0  # only what a's 32 A leave
+    assert site.why(2, 8.0) == "share; 20.0 A once the others have come down"
     assert site.allowed_a(1, 11.0, demands, {1: 32.0, 2: 8.0}, None) == 20.0  # a comes down at its poll
     assert site.allowed_a(2, 12.0, demands, {1: 20.0, 2: 8.0}, None) == 20.0  # and b goes up at its next
+    assert site.why(2, 20.0) == "share"
 
 
 def test_less_room_than_the_minimum_pauses() -> None:
@@ -118,10 +120,34 @@ def test_turns_survive_a_restart_and_a_bad_snapshot_is_refused() -> None:
     site = SiteLoad(outlets, (12.0, 12.0, 12.0), rotation_s=900.0)  # room for the minimum of two
     demands = [_demand(o, since=float(o.connector_id)) for o in outlets]
     idle = {1: 0.0, 2: 0.0, 3: 0.0}
-    first = {c: site.allowed_a(c, 100.0, demands, idle, None) for c in (1, 2, 3)}
+
+    def running(s: SiteLoad, now: float) -> list[int]:
+        return [c for c in (1, 2, 3) if s.allowed_a(c, now, demands, idle, None)]
+
+    assert running(site, 100.0) == [1, 2]  # first come, first served
+    turned = running(site, 1800.0)  # a full turn later, at the next boundary, the waiting car gets in
+    assert 3 in turned and len(turned) == 2
     again = SiteLoad(outlets, (12.0, 12.0, 12.0), rotation_s=900.0)
-    again.restore(site.snapshot(100.0), 5.0)  # the monotonic clock restarted at boot
-    after = {c: again.allowed_a(c, 6.0, demands, idle, None) for c in (1, 2, 3)}
-    assert [c for c, a in first.items() if a] == [c for c, a in after.items() if a]
+    again.restore(site.snapshot(1800.0), 5.0)  # the monotonic clock restarted at boot
+    assert running(again, 6.0) == turned
+    assert running(SiteLoad(outlets, (12.0, 12.0, 12.0), rotation_s=900.0), 6.0) == [1, 2], "without the snapshot: car 3 waits again"
     with pytest.raises(SnapshotError):
         again.restore(["not", "a", "snapshot"], 5.0)
+
+
+def test_the_site_is_decided_again_when_a_car_comes_not_at_every_poll() -> None:
+    a, b = Outlet(1, THREE, 6.0, 32.0), Outlet(2, THREE, 6.0, 32.0)
+    site = SiteLoad([a, b], (40.0, 40.0, 40.0), rotation_s=900.0)
+    alone = [_demand(a), _demand(b, wants=False)]
+    assert site.allowed_a(1, 0.0, alone, {1: 0.0, 2: 0.0}, None) == 32.0
+    first = site.allocation
+    site.allowed_a(2, 0.3, alone, {1: 32.0, 2: 0.0}, None)
+    assert site.allocation is first, "the other connector's poll reuses the decision"
+    site.allowed_a(2, 0.5, [_demand(a), _demand(b)], {1: 32.0, 2: 0.0}, None)
+    assert site.allocation is not first and site.allocation is not None and site.allocation.amps(2) == 20.0, "a car came"
+    second = site.allocation
+    site.allowed_a(1, 0.6, [_demand(a), _demand(b)], {1: 32.0, 2: 0.0}, 30.0)
+    assert site.allocation is not second and site.allocation.amps(1) == 15.0, "the station cap moved"
+    third = site.allocation
+    site.allowed_a(1, 1.7, [_demand(a), _demand(b)], {1: 15.0, 2: 0.0}, 30.0)
+    assert site.allocation is not third, "a second later the site is decided again (turns, give-back)"
