@@ -57,11 +57,8 @@ class Authorizer:
         self._presented: dict[int, _Presented] = {}
         self._queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
 
-    def verdict(self, connector_id: int, id_tag: str | None) -> str | None:
+    def verdict(self, connector_id: int, id_tag: str) -> str | None:
         """The tag shown at a connector, once it may start charging; a new tag is sent for authorization."""
-        if id_tag is None:
-            self.forget(connector_id)
-            return None
         shown = self._presented.get(connector_id)
         if shown is None or shown.id_tag != id_tag:
             self._presented[connector_id] = _Presented(id_tag)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from gateway.authorizer import Authorizer
 from gateway.charging_profiles import ChargingProfile, TxContext
@@ -102,10 +103,8 @@ class Daemon:
             except SnapshotError as exc:
                 log.error("kept load-sharing turns could not be restored, starting afresh: %s", exc)
         self.uplink.station_status = self.control.station_status()
-        kept = await self.store.load_state("deauthorized")
-        self._deauthorized = {str(k) for k in kept} if isinstance(kept, list) else set()
-        kept_finishing = await self.store.load_state("finishing")
-        self._finishing = {int(c) for c in kept_finishing} if isinstance(kept_finishing, list) else set()
+        self._deauthorized = {str(k) for k in await self._kept_list("deauthorized")}
+        self._finishing = {int(c) for c in await self._kept_list("finishing")}
         open_tx = await self.store.open_sessions()
         wall = self.clock.wall()
         now = datetime.fromtimestamp(wall, UTC)
@@ -180,7 +179,7 @@ class Daemon:
 
     # --- what the backend's commands need (gateway.control.Cluster) -----------------------
 
-    def _start_policy(self, connector_id: int) -> tuple[str, int | None] | None:
+    def _start_policy(self, connector_id: int, reading: Reading) -> tuple[str, int | None] | None:
         """The idTag that opens a transaction on a plugged EV, or None (nobody yet).
 
         A pending remote start first (authorized again if AuthorizeRemoteTxRequests), then
@@ -192,16 +191,14 @@ class Daemon:
         if remote is not None and self.clock.monotonic() > remote.deadline:
             del self._remote_starts[connector_id]  # ConnectionTimeOut: no EV came
             remote = None
-        reading = self._poller(connector_id).last_reading
-        shown = reading.id_tag if reading is not None else None
         if remote is not None:
             tag: str | None = remote.id_tag
             if self.control.configuration.bool_value("AuthorizeRemoteTxRequests"):
                 tag = self.authorizer.verdict(connector_id, remote.id_tag)
-        elif shown is not None:
-            tag = self.authorizer.verdict(connector_id, shown)
+        elif reading.id_tag is not None:
+            tag = self.authorizer.verdict(connector_id, reading.id_tag)
         else:
-            self.authorizer.verdict(connector_id, None)
+            self.authorizer.forget(connector_id)  # the card went: a card shown again is judged afresh
             tag = self._free_tags.get(connector_id)
         if tag is None:
             return None
@@ -210,9 +207,6 @@ class Daemon:
             return None
         held = reservations.reservation_for(connector_id) if reservations.is_reserved(connector_id, now) else None
         return tag, held.reservation_id if held else None
-
-    def _poller(self, connector_id: int) -> ConnectorPoller:
-        return next(p for p in self.pollers if p.settings.id == connector_id)
 
     async def _answered(self, message: QueuedMessage, result: dict) -> None:
         """The idTagInfo of a Start/StopTransaction answer: into the cache; a refused tag ends its session (§5.20)."""
@@ -234,22 +228,25 @@ class Daemon:
 
     async def _keep_finishing(self) -> None:
         finishing = {cid for cid, c in self.connectors.items() if c.state is State.FINISHING}
-        if finishing == self._finishing:
-            return
-        try:
-            await self.store.save_state("finishing", sorted(finishing))
-        except StoreError as exc:
-            log.warning("finishing connectors not kept: %s", exc)
-            return
-        self._finishing = finishing
+        if finishing != self._finishing and await self._keep("finishing", sorted(finishing)):
+            self._finishing = finishing
 
     async def _keep_deauthorized(self) -> None:
-        open_keys = {c.transaction.key for c in self.connectors.values() if c.transaction}
-        self._deauthorized &= open_keys
+        self._deauthorized &= {c.transaction.key for c in self.connectors.values() if c.transaction}
+        await self._keep("deauthorized", sorted(self._deauthorized))
+
+    async def _keep(self, name: str, data: object) -> bool:
+        """Keep a piece of the daemon's state across restarts; a full disk loses it, never the daemon."""
         try:
-            await self.store.save_state("deauthorized", sorted(self._deauthorized))
+            await self.store.save_state(name, data)
         except StoreError as exc:
-            log.warning("refused sessions not kept: %s", exc)
+            log.warning("%s not kept: %s", name, exc)
+            return False
+        return True
+
+    async def _kept_list(self, name: str) -> list[Any]:
+        kept = await self.store.load_state(name)
+        return kept if isinstance(kept, list) else []
 
     # --- site load management -----------------------------------------------------------
 
@@ -264,13 +261,7 @@ class Daemon:
         station = self.control.station_limit_a()
         offered = {p.settings.id: p.offered_a for p in self.pollers}
         allowed = self.site.allowed_a(connector_id, now, self._demands(now), offered, station)
-        allocation = self.site.allocation
-        why = "-"
-        if allocation is not None and connector_id in allocation.grants:
-            grant = allocation.grants[connector_id]
-            why = grant.reason.value
-            if allowed < grant.amps - 0.05:
-                why += f"; {grant.amps:.1f} A once the others have come down"
+        why = self.site.why(connector_id, allowed)
         if self._shared.get(connector_id) != (allowed, why):
             self._shared[connector_id] = (allowed, why)
             log.info("connector %d: site share %.1f A (%s)", connector_id, allowed, why)
@@ -367,13 +358,7 @@ class Daemon:
             await self.control.apply_reservations()
             if self.clock.monotonic() - kept_at >= SITE_SNAPSHOT_S:
                 kept_at = self.clock.monotonic()
-                await self._keep_site()
-
-    async def _keep_site(self) -> None:
-        try:
-            await self.store.save_state("load_sharing", self.site.snapshot(self.clock.monotonic()))
-        except StoreError as exc:
-            log.warning("load-sharing turns not kept: %s", exc)
+                await self._keep("load_sharing", self.site.snapshot(kept_at))
 
     async def reconcile_energy(self, connector_id: int, energy_wh: int, in_transaction: bool) -> None:
         try:

@@ -20,15 +20,16 @@ from gateway.errors import DeviceError
 from gateway.modbus_line import ModbusLine, Priority
 from gateway.reading import Reading
 from gateway.session import Connector, Effect
-from gateway.settings import BusSettings, ConnectorSettings
+from gateway.settings import BusSettings, ConnectorSettings, outlet_max_current_a
 
 log = logging.getLogger("gateway.poller")
 
 EffectSink = Callable[[Sequence[Effect]], Awaitable[bool]]  # True once every effect so far is committed
 ContactSink = Callable[[int, int, bool], Awaitable[None]]  # connector id, energy register (Wh), session open
 MeterSink = Callable[[int, str, Sequence[dict]], Awaitable[None]]
-# Who may start a transaction on a plugged, operative connector: (idTag, reservationId) or None (nobody yet).
-StartPolicy = Callable[[int], tuple[str, int | None] | None]
+# Who may start a transaction on a plugged, operative connector, given its reading (a card it shows):
+# (idTag, reservationId) or None (nobody yet).
+StartPolicy = Callable[[int, Reading], tuple[str, int | None] | None]
 LimitSource = Callable[[int], Awaitable[float | None]]  # connector id -> current limit in A (smart charging), None: none
 
 # A slave that stopped answering is asked again this many poll periods later, so a
@@ -82,8 +83,7 @@ class ConnectorPoller:
 
     @property
     def max_current_a(self) -> float:
-        limit = self.settings.max_current_a
-        return min(limit, self.profile.max_current_a) if limit is not None else self.profile.max_current_a
+        return outlet_max_current_a(self.settings, self.profile)
 
     @property
     def session_committed(self) -> bool:
@@ -99,8 +99,8 @@ class ConnectorPoller:
         fail-safe current we gave it; where we know neither, its maximum.
         """
         watchdog = self.profile.watchdog
-        if (
-            not self.online and self._lost_at is not None and self._failsafe_written is not None
+        if (  # _lost_at is set only while the slave does not answer
+            self._lost_at is not None and self._failsafe_written is not None
             and watchdog is not None and self.clock.monotonic() - self._lost_at > watchdog.timeout_s
         ):
             return self._failsafe_written
@@ -138,7 +138,7 @@ class ConnectorPoller:
         self.last_reading = reading
         effects = self.connector.on_reading(reading, wall)
         if self.connector.can_start:
-            if (start := self._start_policy(self.settings.id)) is not None:
+            if (start := self._start_policy(self.settings.id, reading)) is not None:
                 effects += self.connector.authorize(start[0], wall, reservation_id=start[1])
         committed = await self._on_effects(effects)
         if committed:
@@ -162,13 +162,12 @@ class ConnectorPoller:
                 self.settings.unit, w.address, [w.value], multiple=w.multiple,
                 timeout_s=self.timeout_s, gap_s=self.profile.inter_frame_delay_s, priority=Priority.COMMAND,
             )
-        failsafe = registers.failsafe_writes(self.profile, self.failsafe_a)
-        for fw in failsafe:
+        for fw in registers.failsafe_writes(self.profile, self.failsafe_a):
             await self.line.write(
                 self.settings.unit, fw.address, list(fw.words), multiple=fw.multiple,
                 timeout_s=self.timeout_s, gap_s=self.profile.inter_frame_delay_s, priority=Priority.COMMAND,
             )
-        if failsafe and self.profile.watchdog is not None and self.profile.watchdog.failsafe_current is not None:
+        if self.profile.watchdog is not None and self.profile.watchdog.failsafe_current is not None:
             self._failsafe_written = self._offer_of(registers.chargeable_current(self.profile, self.failsafe_a))
 
     async def _apply_current_limit(self, reading: Reading) -> None:

@@ -132,10 +132,13 @@ class Config:
         return self.profiles[connector.profile]
 
     def max_current_a(self, connector: ConnectorSettings) -> float:
-        """An outlet's maximum: the installation limit, never above what its device can do."""
-        device = self.profile_of(connector).max_current_a
-        return device if connector.max_current_a is None else min(device, connector.max_current_a)
+        return outlet_max_current_a(connector, self.profile_of(connector))
 
     def site_phases(self, connector: ConnectorSettings) -> tuple[int, ...]:
         """The site phases an outlet loads, in the order of its own phases."""
         return connector.phases or (1, 2, 3)[: self.profile_of(connector).phases]
+
+
+def outlet_max_current_a(connector: ConnectorSettings, profile: Profile) -> float:
+    """An outlet's maximum: the installation limit, never above what its device can do."""
+    return profile.max_current_a if connector.max_current_a is None else min(profile.max_current_a, connector.max_current_a)

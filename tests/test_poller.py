@@ -54,7 +54,7 @@ class Recorder:
 def poller(config: Config, line: SerialLine, settings: ConnectorSettings, rec: Recorder) -> ConnectorPoller:
     return ConnectorPoller(
         settings, config.buses[0], config.profiles["heidelberg-energy-control"], line, Connector(settings.id), Clock(),
-        rec.on_effects, rec.on_meter_values, start_policy=lambda connector_id: ("FREE", None), measurands=("Energy.Active.Import.Register", "Power.Active.Import"),
+        rec.on_effects, rec.on_meter_values, start_policy=lambda connector_id, reading: ("FREE", None), measurands=("Energy.Active.Import.Register", "Power.Active.Import"),
         sample_interval_s=0.5,
     )
 
