@@ -157,16 +157,14 @@ class ConnectorPoller:
 
     async def _init_writes(self) -> None:
         """Whenever the slave is (re)found: the profile's init writes, then its fail-safe current and watchdog."""
-        for w in self.profile.init_writes:
+        writes = registers.setup_writes(self.profile, self.failsafe_a)
+        for w in writes:
             await self.line.write(
-                self.settings.unit, w.address, [w.value], multiple=w.multiple,
+                self.settings.unit, w.address, list(w.words), multiple=w.multiple,
                 timeout_s=self.timeout_s, gap_s=self.profile.inter_frame_delay_s, priority=Priority.COMMAND,
             )
-        for fw in registers.failsafe_writes(self.profile, self.failsafe_a):
-            await self.line.write(
-                self.settings.unit, fw.address, list(fw.words), multiple=fw.multiple,
-                timeout_s=self.timeout_s, gap_s=self.profile.inter_frame_delay_s, priority=Priority.COMMAND,
-            )
+        if writes:
+            log.info("connector %d: set up the slave: %s", self.settings.id, "; ".join(w.note or f"holding {w.address}" for w in writes))
         if self.profile.watchdog is not None and self.profile.watchdog.failsafe_current is not None:
             self._failsafe_written = self._offer_of(registers.chargeable_current(self.profile, self.failsafe_a))
 

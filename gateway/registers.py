@@ -191,6 +191,12 @@ class RegisterWrite:
     note: str
 
 
+def setup_writes(profile: Profile, failsafe_a: float) -> list[RegisterWrite]:
+    """Whenever the gateway (re)finds a slave: the profile's init writes, then its fail-safe writes."""
+    init = [RegisterWrite(w.address, (w.value,), w.multiple, w.note) for w in profile.init_writes]
+    return init + failsafe_writes(profile, failsafe_a)
+
+
 def failsafe_writes(profile: Profile, failsafe_a: float) -> list[RegisterWrite]:
     """The writes that make the slave fail safe on its own when the master goes silent.
 

@@ -41,6 +41,7 @@ from gateway.registers import (
     encode_string,
     encode_value,
     failsafe_writes,
+    setup_writes,
     words_of,
 )
 
@@ -335,3 +336,9 @@ def test_reading_leaves_out_what_is_not_available(heidelberg: Profile) -> None:
 
 def test_a_profile_without_an_id_tag_register_reads_no_tag(heidelberg: Profile) -> None:
     assert decode_reading(heidelberg, heidelberg_blocks(heidelberg, CHARGING)).id_tag is None
+
+
+def test_setup_writes_are_the_init_writes_then_the_failsafe_ones(heidelberg: Profile) -> None:
+    writes = setup_writes(heidelberg, 10.0)
+    assert [(w.address, w.words) for w in writes] == [(258, (4,)), (262, (100,)), (257, (15000,))]
+    assert "standby off" in writes[0].note
