@@ -163,12 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="TLS private key (PEM)")
     p.set_defaults(func=cmd_demo_backend)
 
+    dirs = argparse.ArgumentParser(add_help=False)
+    dirs.add_argument("--dir", action="append", default=[], metavar="DIR", help="also a site's profile directory (profile_dirs)")
     p = sub.add_parser("profiles", help="the device profiles: list them, or show one")
-    p.add_argument("action", choices=("list", "show"))
-    p.add_argument("name", nargs="?", metavar="NAME", help="the profile to show")
-    p.add_argument("--dir", action="append", default=[], metavar="DIR", help="also a site's profile directory (profile_dirs)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_profiles)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("list", parents=[dirs], help="every profile, one line each")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_profiles)
+    q = actions.add_parser("show", parents=[dirs], help="one profile's file")
+    q.add_argument("name", metavar="NAME")
+    q.set_defaults(func=cmd_profiles)
 
     p = sub.add_parser("demo", help="simulator, demo backend and daemon together, on the demo config")
     p.add_argument("-c", "--config", default="config/demo.yaml", metavar="FILE")
@@ -178,10 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "profiles" and args.action == "show" and not args.name:
-        parser.error("profiles show needs a NAME")
+    args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
         result: int = args.func(args)
