@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """A simulated day of site load sharing: is the per-phase limit ever exceeded, and what share does each car get?
 
-Pure and accelerated: no chargers, no clock. The LoadSharer is called every
---step seconds of simulated time, exactly as the daemon calls it, with a simple
-EV model in the loop:
+Pure and accelerated: no chargers, no clock. The LoadSharer (the decision the
+daemon's SiteLoad makes at most once a second) is called every --step seconds
+of simulated time, with a simple EV model in the loop:
 
   arrivals    each free connector waits a random time (shorter by day) for its
               next car; the car stays 1 to 9 hours, then leaves, full or not
@@ -28,6 +28,10 @@ show as pauses much shorter than the rotation period; a pause cut short by a
 car leaving or a full car giving its place back is expected). Exit status 1 if
 any phase ever went above its limit.
 
+Last, the cost on the poll path: every connector's poll asks SiteLoad for its
+share (gateway/site_load.py), with the demands of all connectors; printed per
+poll and per second of 16 connectors polled once a second each.
+
 Run: .venv/bin/python bench/load_sharing.py [--seed 1] [--connectors 16] [--limit 63] [--hours 24]
                                             [--step 30] [--rotation 900] [--peak-cap 40]
 """
@@ -39,9 +43,11 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.load_sharing import Allocation, Demand, LoadSharer, SharingPolicy
+from gateway.site_load import Outlet, SiteLoad
 
 VOLTS = 230.0  # phase-to-neutral, for energy
 INSTALLATION_MAX_A = 32.0  # every connector's own max
@@ -168,6 +174,34 @@ def step(step_s: float, plugged: dict[int, Session], alloc: Allocation, figures:
     figures.steps += 1
 
 
+def poll_cost(connectors: int, limit_a: float, seconds: int = 300) -> None:
+    """What the site share costs the poll loop: each connector polled once a second, all of them charging.
+
+    Against the same polls deciding the whole site every time (LoadSharer.allocate at each poll).
+    """
+    outlets = [Outlet(c, (1, 2, 3), 6.0, INSTALLATION_MAX_A) for c in range(1, connectors + 1)]
+
+    def per_poll_ms(ask: Callable[[SiteLoad, int, float, list[Demand], dict[int, float]], float]) -> float:
+        site = SiteLoad(outlets, (limit_a, limit_a, limit_a), rotation_s=900.0)
+        offered = {o.connector_id: 0.0 for o in outlets}
+        start = time.perf_counter()
+        for second in range(seconds):
+            for o in outlets:
+                demands = [  # as the daemon builds them at each poll
+                    Demand(x.connector_id, frozenset(x.phases), x.min_a, x.max_a, True, (8.0, 8.0, 8.0), 0.0) for x in outlets
+                ]
+                offered[o.connector_id] = ask(site, o.connector_id, second + o.connector_id / (connectors + 1), demands, offered)
+        return (time.perf_counter() - start) / (seconds * connectors) * 1e3
+
+    shared = per_poll_ms(lambda site, cid, now, demands, offered: site.allowed_a(cid, now, demands, offered, None))
+    every = per_poll_ms(lambda site, cid, now, demands, offered: site.sharer.allocate(now, demands).amps(cid))
+    print(
+        f"\npoll path: {shared:.3f} ms per connector poll (its demands + SiteLoad.allowed_a), "
+        f"{shared * connectors:.1f} ms per second for {connectors} connectors polled once a second; "
+        f"deciding the whole site at every poll would take {every:.3f} ms ({every * connectors:.1f} ms per second)"
+    )
+
+
 def clock(seconds: float) -> str:
     return f"{int(seconds // 3600) % 24:02d}:{int(seconds % 3600 // 60):02d}"
 
@@ -236,7 +270,9 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     sessions, figures = simulate(args)
-    if not report(args, sessions, figures, time.perf_counter() - start):
+    held = report(args, sessions, figures, time.perf_counter() - start)
+    poll_cost(args.connectors, args.limit)
+    if not held:
         sys.exit(1)
 
 
