@@ -102,7 +102,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     """`profiles list`: every device profile, one line each; `profiles show NAME`: one profile's file."""
     import json
 
-    from gateway.devprofile import available_profiles, load_profile
+    from gateway.profile_loader import available_profiles, load_profile
 
     known = available_profiles([Path(d) for d in args.dir])
     if args.action == "list":

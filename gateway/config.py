@@ -18,18 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.devprofile import (
-    BAUDRATES,
-    BYTESIZES,
-    PARITIES,
-    STOPBITS,
-    Framing,
-    Profile,
-    available_profiles,
-    load_profile,
-)
+from gateway.devprofile import Framing, Profile
 from gateway.errors import ConfigError, ConfigIssue
 from gateway.ocpp_config import MEASURANDS
+from gateway.profile_loader import BAUDRATES, BYTESIZES, PARITIES, STOPBITS, available_profiles, load_profile
 from gateway.settings import (
     AuthorizationSettings,
     BackendSettings,

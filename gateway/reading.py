@@ -37,11 +37,12 @@ class Reading:
     """
 
     state: PilotState | None = None
-    vendor_state: int | None = None
+    vendor_state: int | str | None = None  # the raw state register, or the raw values a profile's state rules tested
     energy_wh: float | None = None
     power_w: float | None = None
     current_a: tuple[float | None, float | None, float | None] = (None, None, None)
     voltage_v: tuple[float | None, float | None, float | None] = (None, None, None)
     applied_limit_a: float | None = None  # the current limit the device applies now, where it can be read back
+    charging_enabled: bool | None = None  # the device's own enable register or coil, where it has one
     id_tag: str | None = None  # the RFID/OCPP idTag presented at the outlet now; None: none (or no such register)
     extra: tuple[tuple[str, float | str], ...] = ()  # other named values, for display

@@ -6,12 +6,25 @@ and writes the words this module makes.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gateway.devprofile import ROLES, DataType, Profile, ReadBlock, ValueSpec, WordOrder, WriteSpec
+from gateway.devprofile import (
+    ROLES,
+    Conversion,
+    DataType,
+    Profile,
+    ReadBlock,
+    Table,
+    TextEncoding,
+    ValueSpec,
+    WordOrder,
+    WriteSpec,
+)
 from gateway.errors import FrameError
+from gateway.pwm import amps_to_duty, duty_to_amps
 from gateway.reading import PilotState, Reading
 
 _STRUCT = {
@@ -19,6 +32,8 @@ _STRUCT = {
     DataType.I16: ">h",
     DataType.U32: ">I",
     DataType.I32: ">i",
+    DataType.U64: ">Q",
+    DataType.I64: ">q",
     DataType.F32: ">f",
     DataType.F64: ">d",
 }
@@ -54,35 +69,54 @@ def encode_raw(value: int | float, type_: DataType, order: WordOrder) -> list[in
     return list(_ordered(words, order))
 
 
+def raw_value(spec: ValueSpec, words: Sequence[int]) -> int | float | None:
+    """A number value's raw form: its bits where it has a bit range; None for "not available" (spec.invalid)."""
+    raw = decode_raw(words, spec.type, spec.word_order)
+    if spec.bits is not None:
+        low, high = spec.bits
+        raw = (int(raw) >> low) & ((1 << (high - low + 1)) - 1)
+    if raw in spec.invalid:
+        return None
+    return raw
+
+
 def decode_value(spec: ValueSpec, words: Sequence[int]) -> float | None:
     """A number value in its unit; None where the raw value is the device's "not available" (spec.invalid)."""
-    raw = decode_raw(words, spec.type, spec.word_order)
-    if spec.invalid is not None and raw == spec.invalid:
+    raw = raw_value(spec, words)
+    if raw is None:
         return None
-    return raw * spec.scale
+    value = raw * spec.scale
+    return duty_to_amps(value) if spec.convert is Conversion.PWM_DUTY else value
 
 
 # A string register image that is entirely one of these says "no text" (no tag presented).
 _EMPTY_WORDS = (0x0000, 0xFFFF)
 
 
-def decode_string(words: Sequence[int]) -> str | None:
-    """ASCII text, 2 characters per register with the high byte first; None for no text.
+def decode_string(words: Sequence[int], encoding: TextEncoding = TextEncoding.ASCII) -> str | None:
+    """Text: ASCII 2 characters per register, high byte first, or UTF-16BE one per register; None for no text.
 
     The text ends at the first NUL and loses trailing spaces (fixed-size fields
     are padded with either). All 0x0000 or all 0xFFFF (an erased field) is no
-    text, as is nothing left after trimming. A byte outside printable ASCII
-    raises ValueError: the device said something that is not text.
+    text, as is nothing left after trimming. A character outside printable
+    ASCII raises ValueError: the device said something that is not text.
     """
     if not words or (words[0] in _EMPTY_WORDS and all(w == words[0] for w in words)):
         return None
-    data = b"".join(w.to_bytes(2, "big") for w in words).split(b"\0", 1)[0].rstrip(b" ")
+    if encoding is TextEncoding.UTF16:
+        # One character per register: a byte string of the low bytes, once each high byte is proven 0.
+        if any(w > 0xFF for w in words):
+            raise ValueError(f"not ASCII text in UTF-16: {[hex(w) for w in words]}")
+        data = bytes(words)
+    else:
+        data = b"".join(w.to_bytes(2, "big") for w in words)
+    data = data.split(b"\0", 1)[0].rstrip(b" ")
     if any(not 0x20 <= b <= 0x7E for b in data):
         raise ValueError(f"not printable ASCII: {data!r}")
     return data.decode("ascii") or None
 
 
-def encode_string(text: str | None, count: int) -> list[int]:
+def encode_string(text: str | None, count: int, encoding: TextEncoding = TextEncoding.ASCII) -> list[int]:
     """The inverse of decode_string: `text` in `count` registers, padded with NUL; None or "" -> all zeros.
 
     Raises ValueError for text that is not printable ASCII or does not fit.
@@ -91,17 +125,31 @@ def encode_string(text: str | None, count: int) -> list[int]:
     if not (text.isascii() and text.isprintable()):
         raise ValueError(f"{text!r} is not printable ASCII")
     data = text.encode("ascii")
-    if len(data) > 2 * count:
-        raise ValueError(f"{text!r} does not fit {count} registers ({2 * count} characters)")
+    per_register = 1 if encoding is TextEncoding.UTF16 else 2
+    if len(data) > per_register * count:
+        raise ValueError(f"{text!r} does not fit {count} registers ({per_register * count} characters)")
+    if encoding is TextEncoding.UTF16:
+        return list(data.ljust(count, b"\0"))
     data = data.ljust(2 * count, b"\0")
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
 def encode_value(spec: ValueSpec | WriteSpec, value: float) -> list[int]:
-    """Engineering value -> words; the inverse of decode_value (rounded to the register's resolution)."""
-    raw = value / spec.scale
-    if spec.type not in (DataType.F32, DataType.F64):
-        raw = round(raw)
+    """Engineering value -> words; the inverse of decode_value (rounded to the register's resolution).
+
+    A PWM-duty register gets the duty cycle that offers `value` amperes, rounded
+    down, so that the charger never offers more than it was told (ValueError
+    for a current no duty cycle offers: a pause is written otherwise).
+    """
+    raw: int | float
+    if spec.convert is Conversion.PWM_DUTY:
+        raw = math.floor(amps_to_duty(value) / spec.scale + 1e-9)
+    else:
+        raw = value / spec.scale
+        if spec.type.integer:
+            raw = round(raw)
+    if isinstance(spec, ValueSpec) and spec.bits is not None:
+        raw = int(raw) << spec.bits[0]
     return encode_raw(raw, spec.type, spec.word_order)
 
 
@@ -116,54 +164,104 @@ def words_of(spec: ValueSpec, blocks: Mapping[ReadBlock, Sequence[int]]) -> Sequ
     raise KeyError(f"no read block covers {spec.name}")
 
 
+def decode_values(profile: Profile, blocks: Mapping[ReadBlock, Sequence[int]]) -> dict[str, float | str | None]:
+    """Every value of the profile by name, in its unit; None where the device says "not available".
+
+    Text that is not text is a FrameError: the slave said something we cannot interpret.
+    """
+    out: dict[str, float | str | None] = {}
+    for name, spec in profile.values.items():
+        words = words_of(spec, blocks)
+        if spec.type is DataType.STRING:
+            try:
+                out[name] = decode_string(words, spec.encoding)
+            except ValueError as exc:
+                raise FrameError(f"{profile.name}: {name}: {exc}") from exc
+        else:
+            out[name] = decode_value(spec, words)
+    return out
+
+
+def _state(profile: Profile, blocks: Mapping[ReadBlock, Sequence[int]]) -> tuple[PilotState | None, int | str | None]:
+    """The pilot state and the vendor's raw state (or the raws its state rules tested)."""
+    if profile.state_rules:
+        raws = {}
+        for rule in profile.state_rules:
+            for name in rule.when:
+                if name not in raws:
+                    tested = profile.values[name]
+                    raws[name] = raw_value(tested, words_of(tested, blocks))
+            if all(raws[name] in allowed for name, allowed in rule.when.items()):
+                return PilotState.parse(rule.code), " ".join(f"{name}={raw}" for name, raw in raws.items())
+        raise FrameError(f"{profile.name}: no state rule matches {raws}")  # the loader requires a last catch-all rule
+    spec = profile.values.get("state")
+    if spec is None:
+        return None, None
+    words = words_of(spec, blocks)
+    vendor: int | str | None
+    if spec.type is DataType.STRING:
+        try:
+            vendor = decode_string(words, spec.encoding)
+        except ValueError as exc:
+            raise FrameError(f"{profile.name}: state: {exc}") from exc
+    else:
+        raw = raw_value(spec, words)
+        vendor = None if raw is None else int(raw)
+    if vendor is None:
+        raise FrameError(f"{profile.name}: the device says its state is not available")
+    code = spec.enum.get(vendor)
+    if code is None:
+        raise FrameError(f"{profile.name}: unknown vendor state {vendor!r}")
+    return PilotState.parse(code), vendor
+
+
 def decode_reading(profile: Profile, blocks: Mapping[ReadBlock, Sequence[int]]) -> Reading:
     """Every value of the profile, decoded from one poll's blocks.
 
     A state value outside the profile's enum is a FrameError: the slave said
     something we cannot interpret, which must not pass for a real state. So is
     a state the device calls "not available", and text that is not ASCII.
-    A number the device calls "not available" (its `invalid` raw value) reads
+    A number the device calls "not available" (its `invalid` raw values) reads
     as None, as if the profile had no register for it, and is left out of extra.
     """
-    values: dict[str, float | None] = {}
-    texts: dict[str, str | None] = {}
-    for name, value_spec in profile.values.items():
-        words = words_of(value_spec, blocks)
-        if value_spec.type is DataType.STRING:
-            try:
-                texts[name] = decode_string(words)
-            except ValueError as exc:
-                raise FrameError(f"{profile.name}: {name}: {exc}") from exc
-        else:
-            values[name] = decode_value(value_spec, words)
-    state: PilotState | None = None
-    vendor_state: int | None = None
-    if (spec := profile.values.get("state")) is not None:
-        raw_state = values["state"]
-        if raw_state is None:
-            raise FrameError(f"{profile.name}: the device says its state is not available")
-        vendor_state = int(raw_state)
-        code = spec.enum.get(vendor_state)
-        if code is None:
-            raise FrameError(f"{profile.name}: unknown vendor state {vendor_state}")
-        state = PilotState.parse(code)
+    values = decode_values(profile, blocks)
+    state, vendor_state = _state(profile, blocks)
+
+    def number(name: str) -> float | None:
+        value = values.get(name)
+        return value if isinstance(value, (int, float)) else None
 
     def phases(prefix: str) -> tuple[float | None, float | None, float | None]:
-        return (values.get(f"{prefix}_l1"), values.get(f"{prefix}_l2"), values.get(f"{prefix}_l3"))
+        return (number(f"{prefix}_l1"), number(f"{prefix}_l2"), number(f"{prefix}_l3"))
 
-    extra: list[tuple[str, float | str]] = [(k, v) for k, v in values.items() if k not in ROLES and v is not None]
-    extra += [(k, t) for k, t in texts.items() if k not in ROLES and t is not None]
+    enabled = number("charging_enabled")
+    tag = values.get("id_tag")
     return Reading(
         state=state,
         vendor_state=vendor_state,
-        energy_wh=values.get("energy"),
-        power_w=values.get("power"),
+        energy_wh=number("energy"),
+        power_w=number("power"),
         current_a=phases("current"),
         voltage_v=phases("voltage"),
-        applied_limit_a=values.get("applied_current_limit"),
-        id_tag=texts.get("id_tag"),
-        extra=tuple(extra),
+        applied_limit_a=number("applied_current_limit"),
+        charging_enabled=None if enabled is None else enabled != 0,
+        id_tag=tag if isinstance(tag, str) else None,
+        extra=tuple((k, v) for k, v in values.items() if k not in ROLES and v is not None),
     )
+
+
+def identify_matches(profile: Profile, blocks: Mapping[ReadBlock, Sequence[int]]) -> bool:
+    """Whether the words the device answered to the profile's blocks are this model's, by its identify checks.
+
+    The reading must decode (a state in the enum, text that is text) and every
+    check must hold; a profile without checks matches whatever decodes.
+    """
+    try:
+        decode_reading(profile, blocks)
+        values = decode_values(profile, blocks)
+    except FrameError:
+        return False
+    return all(check.holds(values.get(check.value)) for check in profile.identify)
 
 
 def current_limit_words(profile: Profile, amperes: float) -> list[int]:
@@ -183,12 +281,66 @@ def chargeable_current(profile: Profile, amperes: float) -> float:
 
 @dataclass(frozen=True)
 class RegisterWrite:
-    """One holding-register write the gateway makes: FC16 if `multiple`, else FC06 (one word)."""
+    """One write the gateway makes: a holding register (FC16 if `multiple`, else FC06), or a coil (FC05, words (0|1,))."""
 
     address: int
     words: tuple[int, ...]
     multiple: bool
     note: str
+    table: Table = Table.HOLDING
+
+
+def control_writes(profile: Profile, amperes: float) -> list[RegisterWrite]:
+    """The writes, in order, that make a charger offer `amperes`: below its minimum, what pausing means for it.
+
+    Pausing writes the pause current (Heidelberg 261 = 0), or the pause raw
+    value (ABL 0x0014 = 0x03E8, 100 % duty: no PWM), or the enable register or
+    coil off (Phoenix coil 400, Mennekes 0x0D05; its current register is then
+    left alone, as Mennekes reads 0 there as "unlimited"). Offering writes the
+    current, then the enable on, so the device never charges at a stale limit.
+    """
+    spec = profile.current_limit
+    if spec is None:
+        raise ValueError(f"{profile.name} has no current-limit register")
+    offer = chargeable_current(profile, amperes)
+    enable = profile.enable
+    if offer < profile.min_current_a:
+        if enable is not None:
+            return [RegisterWrite(enable.address, (enable.off,), enable.multiple, "pause (enable off)", enable.table)]
+        if profile.pause_raw is not None:
+            return [RegisterWrite(spec.address, (profile.pause_raw,), spec.multiple, "pause")]
+        return [RegisterWrite(spec.address, tuple(encode_value(spec, offer)), spec.multiple, "pause")]
+    writes = [RegisterWrite(spec.address, tuple(encode_value(spec, offer)), spec.multiple, f"current limit {offer:g} A")]
+    if enable is not None:
+        writes.append(RegisterWrite(enable.address, (enable.on,), enable.multiple, "enable", enable.table))
+    return writes
+
+
+def offered_current(profile: Profile, reading: Reading) -> float | None:
+    """What a charger offers by what it reads back: 0 when its enable is off or its limit is a pause; None: unknown."""
+    if reading.charging_enabled is False:
+        return 0.0
+    applied = reading.applied_limit_a
+    if applied is None or (profile.enable is not None and reading.charging_enabled is None):
+        return None
+    return applied if applied >= profile.min_current_a else 0.0
+
+
+def keepalive_writes(profile: Profile, amperes: float) -> list[RegisterWrite]:
+    """The writes that keep the slave's watchdog from striking, where a poll alone does not.
+
+    heartbeat: the profile's heartbeat write (Mennekes 0x0D00 = 0x55AA, Vestel
+    6000 = 1); timeout_register: the timeout again (KEBA 5018); current_limit:
+    the current limit again, before its validity time runs out (Alfen 1210).
+    """
+    watchdog = profile.watchdog
+    if watchdog is None or watchdog.keepalive == "poll":
+        return []
+    if watchdog.keepalive == "heartbeat" and (beat := watchdog.heartbeat) is not None:
+        return [RegisterWrite(beat.address, (beat.value,), beat.multiple, beat.note or "heartbeat")]
+    if watchdog.keepalive == "timeout_register" and (spec := watchdog.timeout_register) is not None:
+        return [_timeout_write(spec, watchdog.timeout_s)]
+    return control_writes(profile, amperes)
 
 
 def setup_writes(profile: Profile, failsafe_a: float) -> list[RegisterWrite]:
@@ -216,6 +368,9 @@ def failsafe_writes(profile: Profile, failsafe_a: float) -> list[RegisterWrite]:
         note = f"fail-safe current {amperes:g} A" + (" (pause)" if amperes < profile.min_current_a else "")
         writes.append(RegisterWrite(spec.address, tuple(encode_value(spec, amperes)), spec.multiple, note))
     if (spec := watchdog.timeout_register) is not None:
-        words = tuple(encode_value(spec, watchdog.timeout_s))
-        writes.append(RegisterWrite(spec.address, words, spec.multiple, f"watchdog timeout {watchdog.timeout_s:g} s"))
+        writes.append(_timeout_write(spec, watchdog.timeout_s))
     return writes
+
+
+def _timeout_write(spec: WriteSpec, timeout_s: float) -> RegisterWrite:
+    return RegisterWrite(spec.address, tuple(encode_value(spec, timeout_s)), spec.multiple, f"watchdog timeout {timeout_s:g} s")

@@ -237,9 +237,10 @@ class Map:
 
 @dataclass(frozen=True)
 class ListOf:
-    """A list whose items all match one field spec."""
+    """A list whose items all match one field spec; `single`: one bare item stands for a list of one."""
 
     item: Field
+    single: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ class DictOf:
 class Field:
     """What one value must be.
 
-    kind: str, int, float, bool, or a Map / ListOf / DictOf. float accepts integers.
+    kind: str, int, float, bool, (int, str), or a Map / ListOf / DictOf. float accepts integers.
     min / max: bounds of a number, or of the length of text and lists (inclusive).
     above: a number must be strictly greater (timeouts > 0).
     check: one more rule; returns what is wrong, or None.
@@ -262,7 +263,7 @@ class Field:
     Map with no required keys, its defaults; else the key is left out.
     """
 
-    kind: type | Map | ListOf | DictOf
+    kind: type | tuple[type, ...] | Map | ListOf | DictOf
     required: bool = False
     default: Any = _NO_DEFAULT
     min: float | None = None
@@ -291,7 +292,9 @@ def dataclass_map(cls: type, specs: Mapping[str, Field]) -> Map:
 
 # --- validation ---------------------------------------------------------------------------
 
-_KIND_NAMES = {str: "text", int: "an integer", float: "a number", bool: "true or false"}
+_KIND_NAMES: dict[Any, str] = {
+    str: "text", int: "an integer", float: "a number", bool: "true or false", (int, str): "an integer or text"
+}
 
 
 def validate(doc: Document, spec: Field) -> Any:
@@ -327,7 +330,7 @@ def _check(doc: Document, spec: Field, value: Any, path: KeyPath) -> Any:
     return result
 
 
-def _check_scalar(doc: Document, kind: type, value: Any, path: KeyPath) -> Any:
+def _check_scalar(doc: Document, kind: type | tuple[type, ...], value: Any, path: KeyPath) -> Any:
     if kind is bool:
         ok = isinstance(value, bool)
     elif isinstance(value, bool):
@@ -343,7 +346,7 @@ def _check_scalar(doc: Document, kind: type, value: Any, path: KeyPath) -> Any:
         hint = ""
         if kind is str and isinstance(value, (bool, int, float)):
             hint = "; put it in quotes (YAML reads yes/no/on/off as true/false, and 0042 as an octal number)"
-        doc.error(path, f"must be {_KIND_NAMES.get(kind, kind.__name__)}, {_got(value)}{hint}")
+        doc.error(path, f"must be {_KIND_NAMES.get(kind) or getattr(kind, '__name__', kind)}, {_got(value)}{hint}")
         return INVALID
     return value
 
@@ -375,6 +378,8 @@ def _check_map(doc: Document, spec: Map, value: Any, path: KeyPath) -> Any:
 
 
 def _check_list(doc: Document, spec: ListOf, value: Any, path: KeyPath) -> Any:
+    if spec.single and not isinstance(value, (list, dict)):
+        value = [value]
     if not isinstance(value, list):
         doc.error(path, f"must be a list, {_got(value)}")
         return INVALID

@@ -13,8 +13,9 @@ import random
 
 import pytest
 
-from gateway.devprofile import DataType, Framing, Profile, ReadBlock, Table, WordOrder, builtin_profile_dir, load_profile
+from gateway.devprofile import DataType, Framing, Profile, ReadBlock, Table, WordOrder
 from gateway.errors import FrameError
+from gateway.profile_loader import builtin_profile_dir, load_profile
 from gateway.reading import Pilot, PilotState
 from gateway.registers import current_limit_words, decode_reading, failsafe_writes
 from gateway.simulator.ev import EvModel, EvTiming
@@ -39,7 +40,7 @@ def test_profile_shape() -> None:
     assert all(b.table is H for b in p.blocks) and all(v.table is H for v in p.values.values())
     for name in ("energy", "power", "current_l1", "current_l2", "current_l3", "voltage_l1", "voltage_l2", "voltage_l3"):
         spec = p.values[name]
-        assert (spec.type, spec.word_order, spec.invalid) == (DataType.U32, WordOrder.HIGH_FIRST, 0xFFFFFFFF), name
+        assert (spec.type, spec.word_order, spec.invalid) == (DataType.U32, WordOrder.HIGH_FIRST, (0xFFFFFFFF,)), name
     assert p.values["id_tag"].type is DataType.STRING and (p.values["id_tag"].address, p.values["id_tag"].count) == (720, 10)
     limit = p.current_limit
     assert limit is not None and (limit.address, limit.scale, limit.multiple) == (1000, 1.0, True)

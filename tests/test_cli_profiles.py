@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from gateway.devprofile import builtin_profile_dir
+from gateway.profile_loader import builtin_profile_dir
 
 BUILTIN = sorted(p.stem for p in builtin_profile_dir().glob("*.yaml"))
 

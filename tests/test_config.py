@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import load_config, load_config_with_warnings
-from gateway.devprofile import Framing, builtin_profile_dir
+from gateway.devprofile import Framing
 from gateway.errors import ConfigError, ConfigIssue
+from gateway.profile_loader import builtin_profile_dir
 from gateway.settings import Config
 
 REPO = Path(__file__).resolve().parent.parent

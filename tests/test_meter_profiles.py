@@ -19,19 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import load_config_with_warnings
-from gateway.devprofile import (
-    MAX_READ_COUNT,
-    DataType,
-    Framing,
-    Profile,
-    ReadBlock,
-    Table,
-    WordOrder,
-    available_profiles,
-    builtin_profile_dir,
-    load_profile,
-)
+from gateway.devprofile import DataType, Framing, Profile, ReadBlock, Table, WordOrder
 from gateway.errors import ConfigError
+from gateway.profile_loader import MAX_READ_COUNT, available_profiles, builtin_profile_dir, load_profile
 from gateway.reading import Reading
 from gateway.registers import decode_reading
 

@@ -9,20 +9,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.devprofile import (
-    PILOT_CODES,
-    ROLES,
-    DataType,
-    Framing,
-    Table,
-    ValueSpec,
-    WordOrder,
-    WriteSpec,
-    available_profiles,
-    builtin_profile_dir,
-    load_profile,
-)
+from gateway.devprofile import PILOT_CODES, ROLES, DataType, Framing, Table, ValueSpec, WordOrder, WriteSpec
 from gateway.errors import ConfigError
+from gateway.profile_loader import available_profiles, builtin_profile_dir, load_profile
 from tests.test_config import JUNK, key_paths
 
 HEIDELBERG = "heidelberg-energy-control"
@@ -49,7 +38,7 @@ def test_heidelberg_profile() -> None:
     assert p.inter_frame_delay_s == pytest.approx(0.1)  # evcc's 100 ms
     assert p.request_timeout_s == pytest.approx(0.3)
     assert [(b.table, b.address, b.count) for b in p.blocks] == [(Table.INPUT, 4, 15), (Table.HOLDING, 257, 5)]
-    assert set(ROLES) - {"id_tag"} <= set(p.values)  # no RFID over Modbus (reference §1)
+    assert set(ROLES) - {"id_tag", "charging_enabled"} <= set(p.values)  # no RFID over Modbus, no enable (reference §1)
     state = p.values["state"]
     assert (state.table, state.address) == (Table.INPUT, 5)
     assert state.enum == {2: "A1", 3: "A2", 4: "B1", 5: "B2", 6: "C1", 7: "C2", 8: "C2", 9: "E", 10: "F", 11: "E"}
@@ -319,7 +308,7 @@ def test_string_invalid_and_watchdog_registers_are_loaded(tmp_path: Path) -> Non
     p = load_profile(write(tmp_path, text))
     assert p.values["id_tag"] == ValueSpec("id_tag", Table.INPUT, 2, DataType.STRING, count=8)
     assert p.values["id_tag"].words == 8
-    assert p.values["energy"].invalid == 0xFFFFFFFF and p.values["energy"].words == 2
+    assert p.values["energy"].invalid == (0xFFFFFFFF,) and p.values["energy"].words == 2
     assert p.watchdog is not None and p.watchdog.timeout_s == 30
     assert p.watchdog.timeout_register == WriteSpec(300, DataType.U32, multiple=True)
     assert p.watchdog.failsafe_current == WriteSpec(302, scale=0.1)

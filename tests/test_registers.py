@@ -14,20 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.devprofile import (
-    NUMBER_TYPES,
-    DataType,
-    Profile,
-    ReadBlock,
-    Table,
-    ValueSpec,
-    Watchdog,
-    WordOrder,
-    WriteSpec,
-    builtin_profile_dir,
-    load_profile,
-)
+from gateway.devprofile import NUMBER_TYPES, DataType, Profile, ReadBlock, Table, ValueSpec, Watchdog, WordOrder, WriteSpec
 from gateway.errors import FrameError
+from gateway.profile_loader import builtin_profile_dir, load_profile
 from gateway.reading import Pilot, PilotState
 from gateway.registers import (
     RegisterWrite,
@@ -306,16 +295,16 @@ def test_string_is_not_a_number() -> None:
 
 
 def test_invalid_raw_value_decodes_to_none() -> None:
-    spec = ValueSpec("power", Table.HOLDING, 220, DataType.U32, unit="W", invalid=0xFFFFFFFF)
+    spec = ValueSpec("power", Table.HOLDING, 220, DataType.U32, unit="W", invalid=(0xFFFFFFFF,))
     assert decode_value(spec, [0xFFFF, 0xFFFF]) is None
     assert decode_value(spec, [0xFFFF, 0xFFFE]) == 0xFFFFFFFE
-    assert decode_value(replace(spec, invalid=None), [0xFFFF, 0xFFFF]) == 0xFFFFFFFF
+    assert decode_value(replace(spec, invalid=()), [0xFFFF, 0xFFFF]) == 0xFFFFFFFF
 
 
 def test_reading_leaves_out_what_is_not_available(heidelberg: Profile) -> None:
     values = dict(heidelberg.values)
-    values["energy"] = replace(values["energy"], invalid=0xFFFFFFFF)
-    values["temperature"] = replace(values["temperature"], invalid=-1)
+    values["energy"] = replace(values["energy"], invalid=(0xFFFFFFFF,))
+    values["temperature"] = replace(values["temperature"], invalid=(-1,))
     values["id_tag"] = ValueSpec("id_tag", Table.INPUT, 102, DataType.STRING, count=2)
     values["logistic"] = ValueSpec("logistic", Table.INPUT, 104, DataType.STRING, count=2)
     profile = replace(heidelberg, values=values, blocks=(*heidelberg.blocks, ReadBlock(Table.INPUT, 102, 4)))
@@ -329,7 +318,7 @@ def test_reading_leaves_out_what_is_not_available(heidelberg: Profile) -> None:
     assert dict(reading.extra)["logistic"] == "XX"
     with pytest.raises(FrameError, match="id_tag: not printable ASCII"):
         decode_reading(profile, heidelberg_blocks(profile, registers | {(I, 102): 0x3180}))
-    state = replace(values["state"], invalid=0xFFFF)
+    state = replace(values["state"], invalid=(0xFFFF,))
     with pytest.raises(FrameError, match="state is not available"):
         decode_reading(replace(profile, values={**values, "state": state}), heidelberg_blocks(profile, registers | {(I, 5): 0xFFFF}))
 

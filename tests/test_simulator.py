@@ -42,15 +42,8 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterRequest,
 )
 
-from gateway.devprofile import (
-    Framing,
-    Profile,
-    ReadBlock,
-    Table,
-    ValueSpec,
-    builtin_profile_dir,
-    load_profile,
-)
+from gateway.devprofile import Framing, Profile, ReadBlock, Table, ValueSpec
+from gateway.profile_loader import builtin_profile_dir, load_profile
 from gateway.reading import Pilot, Reading
 from gateway.registers import decode_reading
 from gateway.settings import (

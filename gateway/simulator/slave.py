@@ -79,7 +79,8 @@ def _inverse_states(profile: Profile) -> dict[str, int]:
         return {}
     first: dict[str, int] = {}
     for raw, code in spec.enum.items():
-        first.setdefault(code, raw)
+        if isinstance(raw, int):
+            first.setdefault(code, raw)
     table: dict[str, int] = {}
     # F is shown only when a watchdog fails safe; a profile without one need not have it.
     wanted = ("A1", "A2", "B1", "B2", "C1", "C2") + (("F",) if profile.watchdog is not None else ())
@@ -307,7 +308,7 @@ class SimSlave:
         if spec.name in _PLAUSIBLE:
             return _PLAUSIBLE[spec.name]
         if spec.enum:
-            return min(spec.enum) * spec.scale
+            return min(k for k in spec.enum if isinstance(k, int)) * spec.scale
         if spec.unit in ("°C", "C", "degC"):
             return _PCB_TEMPERATURE_C
         return None
@@ -337,7 +338,7 @@ def _encode_clamped(spec: ValueSpec, value: float) -> list[int]:
     except ValueError:
         words = encode_raw(high if value / spec.scale > 0 else low, spec.type, spec.word_order)
     raw = decode_raw(words, spec.type, spec.word_order)
-    if spec.invalid is not None and raw == spec.invalid and spec.type not in (DataType.F32, DataType.F64):
+    if raw in spec.invalid and spec.type not in (DataType.F32, DataType.F64):
         words = encode_raw(raw - 1 if raw == high else raw + 1, spec.type, spec.word_order)
     return words
 
