@@ -196,8 +196,9 @@ _PROFILE = Field(
                                 {
                                     "table": Field(str, required=True, choices=(Table.HOLDING.value, Table.COIL.value)),
                                     "address": _ADDRESS,
-                                    "on": Field(int, default=1, min=0, max=0xFFFF),
-                                    "off": Field(int, default=0, min=0, max=0xFFFF),
+                                    # Not on/off: YAML 1.1 reads those keys as true/false.
+                                    "on_value": Field(int, default=1, min=0, max=0xFFFF),
+                                    "off_value": Field(int, default=0, min=0, max=0xFFFF),
                                     "multiple": Field(bool, default=False),
                                 }
                             )
@@ -370,7 +371,7 @@ def _check_control(doc: Document, data: dict[str, Any]) -> None:
             doc.error(("control", "current_limit", "convert"), "a PWM duty register pauses by pause_raw or enable")
     enable = control.get("enable")
     if enable is not None and enable.get("table") == Table.COIL.value:
-        for key in ("on", "off"):
+        for key in ("on_value", "off_value"):
             if enable.get(key) not in (0, 1):
                 doc.error(("control", "enable", key), "a coil is 0 or 1")
         if enable.get("multiple"):
@@ -524,7 +525,7 @@ def _build_profile(data: dict[str, Any], source: Path) -> Profile:
         pause_current_a=control["pause_current_a"],
         pause_raw=control.get("pause_raw"),
         enable=(
-            EnableSpec(Table(enable["table"]), enable["address"], enable["on"], enable["off"], enable["multiple"])
+            EnableSpec(Table(enable["table"]), enable["address"], enable["on_value"], enable["off_value"], enable["multiple"])
             if enable is not None
             else None
         ),

@@ -13,13 +13,17 @@ MAX_A = 80.0  # the highest (96 %)
 def amps_to_duty(amperes: float) -> float:
     """The duty cycle in % that offers `amperes` (the charger's side of Table A.8).
 
-    6..51 A: D = I / 0.6; 51..80 A: D = I / 2.5 + 64. Below 6 A no duty cycle
-    offers current (a pause is another value, e.g. 100 % = no PWM), so it is a
-    ValueError, as is anything above 80 A.
+    6..51 A: D = I / 0.6; 51..80 A: D = I / 2.5 + 64. The vehicle reads 85 % as
+    51 A and only duty cycles above 85 % on the second line, which starts at
+    52.5 A, so 51..52.5 A is offered as 51 A: never more than asked. Below 6 A
+    no duty cycle offers current (a pause is another value, e.g. 100 % = no
+    PWM), so it is a ValueError, as is anything above 80 A.
     """
     if not MIN_A <= amperes <= MAX_A:
         raise ValueError(f"no PWM duty cycle offers {amperes:g} A (IEC 61851-1 Table A.8: 6..80 A)")
-    return amperes / 0.6 if amperes <= 51.0 else amperes / 2.5 + 64.0
+    if amperes <= 51.0:
+        return amperes / 0.6
+    return 85.0 if amperes < 52.5 else amperes / 2.5 + 64.0
 
 
 def duty_to_amps(duty: float) -> float:
