@@ -445,7 +445,7 @@ def _check_value(doc: Document, name: str, value: dict[str, Any], blocks: list[d
     if "invalid" in value and type_ is not None:
         if bounds is None:
             doc.error((*path, "invalid"), f"is only for integer types, not {type_.value}")
-        elif bad := [v for v in value["invalid"] if not bounds[0] <= v <= bounds[1]]:
+        elif bad := [v for v in value["invalid"] if isinstance(v, int) and not bounds[0] <= v <= bounds[1]]:
             doc.error((*path, "invalid"), f"{bad[0]} does not fit {type_.value}")
     if "bits" in value and type_ is not None:
         low, high = value["bits"]

@@ -96,8 +96,9 @@ _EMPTY_WORDS = (0x0000, 0xFFFF)
 def decode_string(words: Sequence[int], encoding: TextEncoding = TextEncoding.ASCII) -> str | None:
     """Text: ASCII 2 characters per register, high byte first, or UTF-16BE one per register; None for no text.
 
-    The text ends at the first NUL and loses trailing spaces (fixed-size fields
-    are padded with either). All 0x0000 or all 0xFFFF (an erased field) is no
+    Leading NULs go (a right-aligned UID, as evcc trims them), then the text
+    ends at the first NUL and loses trailing spaces (fixed-size fields are
+    padded with either). All 0x0000 or all 0xFFFF (an erased field) is no
     text, as is nothing left after trimming. A character outside printable
     ASCII raises ValueError: the device said something that is not text.
     """
@@ -110,7 +111,7 @@ def decode_string(words: Sequence[int], encoding: TextEncoding = TextEncoding.AS
         data = bytes(words)
     else:
         data = b"".join(w.to_bytes(2, "big") for w in words)
-    data = data.split(b"\0", 1)[0].rstrip(b" ")
+    data = data.lstrip(b"\0").split(b"\0", 1)[0].rstrip(b" ")
     if any(not 0x20 <= b <= 0x7E for b in data):
         raise ValueError(f"not printable ASCII: {data!r}")
     return data.decode("ascii") or None

@@ -305,3 +305,8 @@ def test_state_rules_faults(tmp_path: Path) -> None:
     assert {path for _, path, _ in found} >= {"state_rules[2].when.station_name", "state_rules[2]"}, found
     with pytest.raises(ConfigError):
         load_profile(write(tmp_path, RULES.replace("charging_status: 1}", "nothing: 1}")))
+
+
+def test_a_right_aligned_tag_keeps_its_text() -> None:
+    assert decode_string([0x0000, 0x0000, 0x4142, 0x4344]) == "ABCD"  # leading NULs go, as evcc trims them
+    assert decode_string([0x4142, 0x0043, 0x4400]) == "ABC"  # the text still ends at its first NUL
