@@ -1,6 +1,7 @@
 """`charger-gateway`: the daemon and the tools installers and technicians run over SSH.
 
-Exit codes: 0 ok, 1 runtime failure, 2 usage, 78 config error (EX_CONFIG).
+Exit codes: 0 ok, 1 runtime failure, 2 usage, 78 config error (EX_CONFIG);
+`scan` also 1 when nothing answered and 69 (EX_UNAVAILABLE) when the line cannot be opened.
 """
 
 from __future__ import annotations
@@ -133,6 +134,38 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from gateway.scan import main as scan_main
+
+    return scan_main(args)
+
+
+def _add_scan(sub: Any) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="find the slaves on a bus and print their connectors: block",
+        description="Probe unit ids on a serial line (or units behind TCP hosts and ports), identify each device by its "
+        "profile's signature, and print a connectors: block to paste into the config.",
+    )
+    p.add_argument("bus", nargs="?", metavar="BUS", help="the bus: by name with -c, else the name given it in the output")
+    p.add_argument("-c", "--config", metavar="FILE", help="take the bus settings (and TCP hosts) from this config")
+    p.add_argument("--port", help="serial device, e.g. /dev/ttyUSB0")
+    p.add_argument("--baud", type=int, help="baud rate (default 19200)")
+    p.add_argument("--parity", help="N, E or O (default E)")
+    p.add_argument("--stopbits", type=int, help="1 or 2 (default 1)")
+    p.add_argument("--bytesize", type=int, help="7 or 8 (default 8)")
+    p.add_argument("--framing", choices=("rtu", "ascii", "tcp"), help="default rtu, or tcp with --host")
+    p.add_argument("--units", help="unit ids, e.g. 1-247 (serial default) or 1,3,10-20; on TCP added to the profiles' factory ids")
+    p.add_argument("--host", action="append", metavar="HOST", help="a Modbus TCP host to scan (repeatable)")
+    p.add_argument("--tcp-port", action="append", type=int, metavar="PORT", help="a TCP port to scan (repeatable, default 502)")
+    p.add_argument("--port-range", metavar="A-B", help="TCP ports A..B to scan")
+    p.add_argument("--margin-ms", type=float, help="device turnaround allowed on top of the wire time (default 50; TCP 500)")
+    p.add_argument("--first-id", type=int, default=1, metavar="N", help="connector id of the first charger found (default 1)")
+    p.add_argument("--dir", action="append", default=[], metavar="DIR", help="also a site's profile directory (profile_dirs)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_scan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charger-gateway", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {gateway.__version__}")
@@ -173,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = actions.add_parser("show", parents=[dirs], help="one profile's file")
     q.add_argument("name", metavar="NAME")
     q.set_defaults(func=cmd_profiles)
+
+    _add_scan(sub)
 
     p = sub.add_parser("demo", help="simulator, demo backend and daemon together, on the demo config")
     p.add_argument("-c", "--config", default="config/demo.yaml", metavar="FILE")

@@ -29,6 +29,7 @@ from gateway.settings import (
     ChargePointInfo,
     Config,
     ConnectorSettings,
+    MeterSettings,
     OcppSettings,
     SimulatorSettings,
     SiteSettings,
@@ -165,6 +166,20 @@ _CONFIG = Field(
                                 "id_tag": Field(str, min=1, max=20),  # IdToken is CiString20Type (OCPP 1.6 §7.28)
                                 "max_current_a": Field(float, above=0),
                                 "phases": Field(ListOf(Field(int, min=1, max=3)), min=1, max=3, check=_distinct),
+                                # the outlet of a multi-outlet controller (profile outlet_stride)
+                                "outlet": Field(int, min=1, max=255),
+                                "meter": Field(
+                                    dataclass_map(
+                                        MeterSettings,
+                                        {
+                                            "bus": Field(str, min=1),
+                                            "unit": Field(int, min=0, max=255),
+                                            "profile": Field(str, min=1),
+                                            "host": Field(str, min=1),
+                                            "port": Field(int, min=1, max=65535),
+                                        },
+                                    )
+                                ),
                             },
                         )
                     )
@@ -264,16 +279,14 @@ def _load_profiles(doc: Document, data: dict[str, Any], base: Path) -> dict[str,
     known = available_profiles(dirs)
     profiles: dict[str, Profile] = {}
     broken: set[str] = set()
-    for i, connector in _items(data, "connectors"):
-        name = connector.get("profile")
+    for path, device in _devices(data):
+        name = device.get("profile")
         if name is None or name in profiles or name in broken:
             continue
         if name not in known:
             close = close_match(name, list(known))
             hint = f"did you mean {close!r}? " if close else ""
-            doc.error(
-                ("connectors", i, "profile"), f"unknown profile {name!r}; {hint}known: {', '.join(known) or 'none'}"
-            )
+            doc.error((*path, "profile"), f"unknown profile {name!r}; {hint}known: {', '.join(known) or 'none'}")
             broken.add(name)
             continue
         try:
@@ -289,6 +302,24 @@ def _items(data: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
     return [(i, item) for i, item in enumerate(data.get(key, [])) if isinstance(item, dict)]
 
 
+def _devices(data: dict[str, Any]) -> list[tuple[KeyPath, dict[str, Any]]]:
+    """Every Modbus device the config names, with its key path: each connector's charger, then its meter if any.
+
+    A device has the keys bus, unit, profile, host and port (those that are valid).
+    """
+    out: list[tuple[KeyPath, dict[str, Any]]] = []
+    for i, connector in _items(data, "connectors"):
+        out.append((("connectors", i), connector))
+        if isinstance(meter := connector.get("meter"), dict):
+            out.append((("connectors", i, "meter"), meter))
+    return out
+
+
+def _where(path: KeyPath) -> str:
+    """connectors[0] or connectors[0].meter: how a fault names a device."""
+    return f"{path[0]}[{path[1]}]" + "".join(f".{key}" for key in path[2:])
+
+
 class _Checks:
     """Cross-checks between sections. Each check skips entries whose own fields were already faulty."""
 
@@ -299,6 +330,7 @@ class _Checks:
         self.profiles = profiles
         self.buses = _items(data, "buses")
         self.connectors = _items(data, "connectors")
+        self.devices = _devices(data)  # chargers and their meters
         self.bus_index: dict[str, int] = {}  # name -> index of its first definition
 
     def run(self) -> None:
@@ -311,19 +343,21 @@ class _Checks:
             self.line_settings,
             self.backend,
             self.wiring,
+            self.meters,
         ):
             check()
 
     def error(self, path: KeyPath, message: str) -> None:
         self.doc.error(path, message)
 
-    def bus_of(self, connector: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
-        index = self.bus_index.get(connector.get("bus", ""))
+    def bus_of(self, device: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        index = self.bus_index.get(device.get("bus", ""))
         return None if index is None else (index, self.data["buses"][index])
 
-    def on_bus(self, index: int) -> list[tuple[int, dict[str, Any]]]:
+    def on_bus(self, index: int) -> list[tuple[KeyPath, dict[str, Any]]]:
+        """The devices (chargers and meters) on a bus, with their key paths."""
         name = self.data["buses"][index].get("name")
-        return [(i, c) for i, c in self.connectors if c.get("bus") == name]
+        return [(path, d) for path, d in self.devices if d.get("bus") == name]
 
     def bus_names(self) -> None:
         ttys: dict[str, int] = {}
@@ -372,29 +406,29 @@ class _Checks:
 
     def connector_buses(self) -> None:
         used: set[str] = set()
-        for i, connector in self.connectors:
-            name = connector.get("bus")
+        for path, device in self.devices:
+            name = device.get("bus")
             if name is None:
                 continue
             used.add(name)
-            found = self.bus_of(connector)
+            found = self.bus_of(device)
             if found is None:
                 if self.buses and all("name" in b for _, b in self.buses):
-                    self.error(("connectors", i, "bus"), f"unknown bus {name!r}; buses: {', '.join(self.bus_index)}")
+                    self.error((*path, "bus"), f"unknown bus {name!r}; buses: {', '.join(self.bus_index)}")
                 continue
             kind = found[1].get("kind")
-            if kind == Framing.TCP.value and "host" in connector and connector["host"] is None:
-                self.error(("connectors", i, "host"), f"is required: bus {name!r} is tcp")
-            if kind in SERIAL_KINDS and connector.get("host") is not None:
-                self.error(("connectors", i, "host"), f"is only for tcp buses; bus {name!r} is a serial line")
-            self.framing(i, connector, found)
-        if all("bus" in c for _, c in self.connectors) and len(self.connectors) == len(self.data.get("connectors", [])):
+            if kind == Framing.TCP.value and "host" in device and device["host"] is None:
+                self.error((*path, "host"), f"is required: bus {name!r} is tcp")
+            if kind in SERIAL_KINDS and device.get("host") is not None:
+                self.error((*path, "host"), f"is only for tcp buses; bus {name!r} is a serial line")
+            self.framing(path, device, found)
+        if all("bus" in d for _, d in self.devices) and len(self.connectors) == len(self.data.get("connectors", [])):
             for name, index in self.bus_index.items():
                 if name not in used:
                     self.error(("buses", index, "name"), f"no connector uses bus {name!r}")
 
-    def framing(self, i: int, connector: dict[str, Any], found: tuple[int, dict[str, Any]]) -> None:
-        profile = self.profiles.get(connector.get("profile", ""))
+    def framing(self, path: KeyPath, device: dict[str, Any], found: tuple[int, dict[str, Any]]) -> None:
+        profile = self.profiles.get(device.get("profile", ""))
         kind = found[1].get("kind")
         if profile is None or kind is None:
             return
@@ -402,38 +436,52 @@ class _Checks:
         # A tcp bus carries any device: a Modbus TCP gateway may front an RTU box.
         # On a serial line the framing must match: an ASCII line and an RTU line can never be mixed.
         if kind in SERIAL_KINDS and framing != kind:
-            device = (
+            why = (
                 "a Modbus TCP device cannot sit on a serial line"
                 if framing == Framing.TCP.value
                 else "an ASCII line and an RTU line can never be mixed"
             )
             self.error(
-                ("connectors", i, "profile"),
-                f"profile {profile.name!r} speaks {framing}, but bus {found[1].get('name')!r} is {kind}: {device}",
+                (*path, "profile"),
+                f"profile {profile.name!r} speaks {framing}, but bus {found[1].get('name')!r} is {kind}: {why}",
             )
 
     def addresses(self) -> None:
-        seen: dict[tuple[Any, ...], int] = {}
-        for i, connector in self.connectors:
-            found, unit = self.bus_of(connector), connector.get("unit")
+        """One device per unit on a line; the outlets of one multi-outlet controller share its unit."""
+        seen: dict[tuple[Any, ...], tuple[KeyPath, dict[str, Any]]] = {}
+        for path, device in self.devices:
+            found, unit = self.bus_of(device), device.get("unit")
             if found is None or unit is None:
                 continue
             kind = found[1].get("kind")
             if kind in SERIAL_KINDS:
                 if not 1 <= unit <= 247:
                     # Modbus over serial line §2.2: 0 is broadcast, 248..255 reserved.
-                    self.error(("connectors", i, "unit"), f"must be 1..247 on a serial line, got {unit}")
-                key: tuple[Any, ...] = ("serial", connector["bus"], unit)
-                where = f"unit {unit} on bus {connector['bus']!r}"
-            elif kind == Framing.TCP.value and connector.get("host") is not None and "port" in connector:
-                key = ("tcp", connector["host"].lower(), connector["port"], unit)
-                where = f"{connector['host']}:{connector['port']} unit {unit}"
+                    self.error((*path, "unit"), f"must be 1..247 on a serial line, got {unit}")
+                key: tuple[Any, ...] = ("serial", device["bus"], unit)
+                where = f"unit {unit} on bus {device['bus']!r}"
+            elif kind == Framing.TCP.value and device.get("host") is not None and "port" in device:
+                key = ("tcp", device["host"].lower(), device["port"], unit)
+                where = f"{device['host']}:{device['port']} unit {unit}"
             else:
                 continue
-            if key in seen:
-                self.error(("connectors", i, "unit"), f"{where} is already used by connectors[{seen[key]}]")
-            else:
-                seen[key] = i
+            first = seen.get(key)
+            if first is None:
+                seen[key] = (path, device)
+            elif not self.outlets_of_one_controller((path, device), first):
+                self.error((*path, "unit"), f"{where} is already used by {_where(first[0])}")
+
+    def outlets_of_one_controller(self, a: tuple[KeyPath, dict[str, Any]], b: tuple[KeyPath, dict[str, Any]]) -> bool:
+        """Two connectors on one unit are fine when they are other outlets of the same controller."""
+        (path_a, device_a), (path_b, device_b) = a, b
+        profile = self.profiles.get(device_a.get("profile", ""))
+        return (
+            len(path_a) == len(path_b) == 2  # chargers, not meters
+            and profile is not None
+            and profile.outlet_stride > 0
+            and device_a.get("profile") == device_b.get("profile")
+            and device_a.get("outlet") != device_b.get("outlet")
+        )
 
     def timing(self) -> None:
         """Worst case, every device on a line is dead: each costs its inter-frame gap plus one
@@ -445,7 +493,7 @@ class _Checks:
             poll, kind = bus.get("poll_interval_s"), bus.get("kind")
             if poll is None or kind is None or "request_timeout_s" not in bus:
                 continue  # faulty, reported already
-            connectors = [c for _, c in self.on_bus(index)]
+            connectors = [d for _, d in self.on_bus(index)]
             devices = [p for c in connectors if (p := self.profiles.get(c.get("profile", ""))) is not None]
             if not devices or len(devices) != len(connectors):
                 continue  # an unknown or broken profile has its own fault, and its timing is unknown
@@ -490,8 +538,8 @@ class _Checks:
             if bus.get("kind") not in SERIAL_KINDS:
                 continue
             warned: set[tuple[str, str]] = set()
-            for i, connector in self.on_bus(index):
-                profile = self.profiles.get(connector.get("profile", ""))
+            for path, device in self.on_bus(index):
+                profile = self.profiles.get(device.get("profile", ""))
                 if profile is None:
                     continue
                 for key in ("baudrate", "parity", "stopbits", "bytesize"):
@@ -500,7 +548,7 @@ class _Checks:
                         warned.add((profile.name, key))
                         self.doc.warn(
                             ("buses", index, key),
-                            f"is {have}, but profile {profile.name!r} (connectors[{i}]) expects {want}",
+                            f"is {have}, but profile {profile.name!r} ({_where(path)}) expects {want}",
                         )
 
     def wiring(self) -> None:
@@ -516,6 +564,40 @@ class _Checks:
                 self.error(
                     ("connectors", i, "phases"),
                     f"names {len(phases)} site phases, but {profile.name!r} has {profile.phases}",
+                )
+            outlet = connector.get("outlet")
+            if profile is not None and outlet is not None and outlet > 1 and profile.outlet_stride == 0:
+                self.error(
+                    ("connectors", i, "outlet"),
+                    f"{profile.name!r} has one outlet (no outlet_stride): outlet {outlet} does not exist",
+                )
+
+    def meters(self) -> None:
+        """A connector's meter is a meter with an energy register; a charger without one needs a meter."""
+        for i, connector in self.connectors:
+            charger = self.profiles.get(connector.get("profile", ""))
+            meter = connector.get("meter")
+            if charger is not None and charger.kind == "charger" and "energy" not in charger.values and meter is None:
+                if "meter" in connector:  # (absent: left out because it is faulty, and reported)
+                    self.error(
+                        ("connectors", i, "profile"),
+                        f"connector {connector.get('id', i + 1)}: profile {charger.name!r} has no energy register;"
+                        " give the connector a meter (meter: {bus, unit, profile}) to account its sessions",
+                    )
+            if not isinstance(meter, dict):
+                continue
+            profile = self.profiles.get(meter.get("profile", ""))
+            if profile is None:
+                continue
+            if profile.kind != "meter":
+                self.error(
+                    ("connectors", i, "meter", "profile"),
+                    f"{profile.name!r} is a {profile.kind} profile: a connector's meter needs a meter profile",
+                )
+            elif "energy" not in profile.values:
+                self.error(
+                    ("connectors", i, "meter", "profile"),
+                    f"meter profile {profile.name!r} has no energy register: it cannot account sessions",
                 )
 
     def backend(self) -> None:
@@ -568,7 +650,12 @@ def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], sourc
             )
         ),
         buses=tuple(bus(b) for b in data["buses"]),
-        connectors=tuple(ConnectorSettings(**(c | {"phases": _tuple_or_none(c["phases"])})) for c in data["connectors"]),
+        connectors=tuple(
+            ConnectorSettings(
+                **(c | {"phases": _tuple_or_none(c["phases"]), "meter": None if c["meter"] is None else MeterSettings(**c["meter"])})
+            )
+            for c in data["connectors"]
+        ),
         storage=StorageSettings(path=_resolve(base, data["storage"]["path"]), outbox_budget_mb=data["storage"]["outbox_budget_mb"]),
         authorization=AuthorizationSettings(**data["authorization"]),
         site=SiteSettings(**(data["site"] | {"phase_limit_a": _tuple_or_none(data["site"]["phase_limit_a"])})),

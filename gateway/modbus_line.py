@@ -2,13 +2,15 @@
 
 Exactly one task (`ModbusLine.run`) holds a serial port or TCP connection
 (EVerest's SerialCommHub model; STYLE.md §3). Pollers and backend commands
-call `read` / `write`, which put a request in the line's priority queue and
-wait for its result; the owner runs the requests strictly one at a time,
-commands before routine polls, each after its inter-frame silence and under
-its own deadline. There is no lock to fight over and no retry inside the
+call `read` / `write` / `write_coil`, which put a request in the line's
+priority queue and wait for its result; the owner runs the requests strictly
+one at a time, commands before routine polls, each after its inter-frame
+silence and under its own deadline. There is no lock to fight over and no retry inside the
 line, so one dead slave costs its timeout per request and nothing more
 (unlike several tasks sharing a client behind a lock: pymodbus #1606, #1784,
-#2432). Retrying is the caller's policy.
+#2432). Retrying is the caller's policy. What is not a retry: a device whose
+profile says `repeat` gets each request that many times back to back, and
+only the last answer counts (ABL eMH, see `_execute`).
 
 All lines and TCP endpoints of a config run side by side in the daemon's
 asyncio.TaskGroup; `build_lines` makes them, `line_key` says which one a
@@ -50,6 +52,7 @@ from gateway.modbus_transport import (
     describe,
     new_framer,
     read_request,
+    write_coil_request,
     write_request,
 )
 from gateway.settings import BusSettings, Config, ConnectorSettings
@@ -69,6 +72,7 @@ class Priority(enum.IntEnum):
 class LineStats:
     """Counters of one line since it was made, for the benchmark and the technician's status."""
 
+    # Every send counts, a repeated request's earlier sends included: these describe the wire.
     requests: int = 0  # transactions put on the wire
     timeouts: int = 0  # DeviceTimeout
     frame_errors: int = 0  # FrameError
@@ -83,6 +87,7 @@ class _Request:
     pdu: ModbusPDU = dataclasses.field(compare=False)
     timeout_s: float = dataclasses.field(compare=False)
     gap_s: float = dataclasses.field(compare=False)
+    repeat: int = dataclasses.field(compare=False)  # sends of the same request; the last answer counts
     future: asyncio.Future[list[int]] = dataclasses.field(compare=False)
 
 
@@ -107,6 +112,15 @@ class _Reopen(Exception):
     def __init__(self, reason: str, answered: bool) -> None:
         super().__init__(reason)
         self.answered = answered  # the device did send something: no need to back off
+
+
+class _Failed(Exception):
+    """One send of a request failed on the device's side (no reply, exception, garbled reply)."""
+
+    def __init__(self, error: DeviceError, out_of_step: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.out_of_step = out_of_step  # TCP bytes left unread or unmatched: the stream cannot be trusted
 
 
 class ModbusLine(abc.ABC):
@@ -163,9 +177,11 @@ class ModbusLine(abc.ABC):
         timeout_s: float,
         gap_s: float = 0.0,
         priority: Priority = Priority.POLL,
+        repeat: int = 1,
     ) -> list[int]:
-        """Read `count` registers of `table` from `address` (FC04 input, FC03 holding)."""
-        return await self._submit(read_request(unit, table, address, count, self._units), timeout_s, gap_s, priority)
+        """Read `count` registers of `table` from `address` (FC04 input, FC03 holding), or coils (FC01, 0/1 each)."""
+        pdu = read_request(unit, table, address, count, self._units)
+        return await self._submit(pdu, timeout_s, gap_s, priority, repeat)
 
     async def write(
         self,
@@ -177,19 +193,36 @@ class ModbusLine(abc.ABC):
         timeout_s: float,
         gap_s: float = 0.0,
         priority: Priority = Priority.COMMAND,
+        repeat: int = 1,
     ) -> None:
         """Write registers from `address`: FC16 if `multiple`, else FC06 (exactly one value)."""
-        await self._submit(write_request(unit, address, values, multiple, self._units), timeout_s, gap_s, priority)
+        await self._submit(write_request(unit, address, values, multiple, self._units), timeout_s, gap_s, priority, repeat)
 
-    async def _submit(self, pdu: ModbusPDU, timeout_s: float, gap_s: float, priority: Priority) -> list[int]:
+    async def write_coil(
+        self,
+        unit: int,
+        address: int,
+        on: bool,
+        *,
+        timeout_s: float,
+        gap_s: float = 0.0,
+        priority: Priority = Priority.COMMAND,
+        repeat: int = 1,
+    ) -> None:
+        """Switch the coil at `address` on or off (FC05)."""
+        await self._submit(write_coil_request(unit, address, on, self._units), timeout_s, gap_s, priority, repeat)
+
+    async def _submit(self, pdu: ModbusPDU, timeout_s: float, gap_s: float, priority: Priority, repeat: int) -> list[int]:
         if not (math.isfinite(timeout_s) and timeout_s > 0):
             raise ValueError(f"timeout_s must be a positive number of seconds, not {timeout_s!r}")
         if not (math.isfinite(gap_s) and gap_s >= 0):
             raise ValueError(f"gap_s must be a non-negative number of seconds, not {gap_s!r}")
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise ValueError(f"repeat must be a whole number of sends, at least 1, not {repeat!r}")
         if self._down is not None:
             raise LineUnavailable(f"line {self.name}: {self._down}")
         request = _Request(
-            Priority(priority), next(self._seq), pdu, timeout_s, gap_s, asyncio.get_running_loop().create_future()
+            Priority(priority), next(self._seq), pdu, timeout_s, gap_s, repeat, asyncio.get_running_loop().create_future()
         )
         self._queue.put_nowait(request)
         # Cancelling the caller cancels the future: a queued request is then skipped,
@@ -277,12 +310,59 @@ class ModbusLine(abc.ABC):
                 self._backoff.reset()
 
     async def _execute(self, link: _Link, request: _Request) -> bool:
-        """One transaction; delivers its outcome to the caller. True if the device answered at all."""
+        """One request, sent `repeat` times; delivers the last outcome to the caller. True if the device answered.
+
+        Why send the same request again and keep only the last answer: an ABL
+        eMH controller in "bus idle" (state E3) wakes on a frame and drops it,
+        so evcc's get()/set() send every request twice and use the second
+        answer (modbus-register-maps.md §2). The earlier sends' outcomes
+        (reply, timeout, exception, garbled frame) are therefore discarded.
+        """
+        answered = False
+        try:
+            for send in range(request.repeat):
+                if send and request.future.done():  # the caller gave up: sending again helps nobody
+                    return answered
+                last = send == request.repeat - 1
+                try:
+                    result = await self._transact(link, request)
+                except LineUnavailable as exc:
+                    self._deliver(request, exc)
+                    raise _Reopen(str(exc), answered) from exc
+                except _Failed as failed:
+                    error = failed.error
+                    self._count(error)
+                    answered = answered or not isinstance(error, DeviceTimeout)
+                    if failed.out_of_step:
+                        # A TCP stream out of step cannot carry the next send either.
+                        self._deliver(request, error)
+                        raise _Reopen(f"stream out of step after: {error}", answered) from error
+                    if last:
+                        self._deliver(request, error)
+                    continue
+                answered = True
+                if last:
+                    self._deliver(request, result)
+        except _Reopen:
+            raise
+        except BaseException as exc:  # the owner was cancelled, or a bug: the caller must not hang
+            why = "stopped" if isinstance(exc, asyncio.CancelledError) else f"transaction aborted: {exc!r}"
+            self._deliver(request, LineUnavailable(f"line {self.name}: {why}"))
+            raise
+        return answered
+
+    async def _transact(self, link: _Link, request: _Request) -> list[int]:
+        """One send of the request and its reply, after the inter-frame silence and under its own deadline.
+
+        Raises LineUnavailable when the link broke and _Failed for what the device did (or did not) answer.
+        """
         loop = asyncio.get_running_loop()
         started = loop.time()
         pdu = request.pdu
         if self.framing is Framing.TCP:
-            pdu.transaction_id = next(self._tids) % 0xFFFF + 1  # MBAP transaction id: 1..65535
+            # A fresh MBAP transaction id on every send, repeats included, so that a late
+            # answer to an earlier send is told apart from this one's (1..65535).
+            pdu.transaction_id = next(self._tids) % 0xFFFF + 1
         frame = self._framer.buildFrame(pdu)
         reader = ReplyReader(self._framer, pdu)
         try:
@@ -302,28 +382,17 @@ class ModbusLine(abc.ABC):
                     deadline.reschedule(loop.time() + on_wire_s + request.timeout_s)
                     while (reply := reader.feed(await link.receive())) is None:
                         pass
-                result = check_reply(pdu, reply)
+                return check_reply(pdu, reply)
             except TimeoutError:
                 raise self._no_reply(request, reader) from None
-        except LineUnavailable as exc:
-            self._deliver(request, exc)
-            raise _Reopen(str(exc), answered=False) from exc
-        except DeviceError as exc:
-            self._count(exc)
-            self._deliver(request, exc)
-            answered = not isinstance(exc, DeviceTimeout)
-            if self.framing is Framing.TCP and (isinstance(exc, FrameError) or reader.pending):
-                raise _Reopen(f"stream out of step after: {exc}", answered) from exc
-            return answered
-        except BaseException as exc:  # the owner was cancelled, or a bug: the caller must not hang
-            why = "stopped" if isinstance(exc, asyncio.CancelledError) else f"transaction aborted: {exc!r}"
-            self._deliver(request, LineUnavailable(f"line {self.name}: {why}"))
+        except LineUnavailable:
             raise
+        except DeviceError as exc:
+            out_of_step = self.framing is Framing.TCP and (isinstance(exc, FrameError) or reader.pending > 0)
+            raise _Failed(exc, out_of_step) from exc
         finally:
             self._quiet_since = loop.time()
             self._stats.busy_s += self._quiet_since - started
-        self._deliver(request, result)
-        return True
 
     def _no_reply(self, request: _Request, reader: ReplyReader) -> DeviceError:
         what = f"{describe(request.pdu)} on line {self.name}: no reply within {request.timeout_s} s"

@@ -2,10 +2,11 @@
 
 Two layers, websockets-style:
 
-- a pure core: `read_request` / `write_request` build pymodbus request PDUs
-  from checked arguments, `ReplyReader` is fed the bytes that arrive and
-  returns the reply once it is complete and belongs to the request, and
-  `check_reply` turns it into registers or a gateway error. No I/O, no clock.
+- a pure core: `read_request` / `write_request` / `write_coil_request` build
+  pymodbus request PDUs from checked arguments, `ReplyReader` is fed the
+  bytes that arrive and returns the reply once it is complete and belongs to
+  the request, and `check_reply` turns it into registers (or coils) or a
+  gateway error. No I/O, no clock.
 - thin byte links: `SerialLink` (pyserial fd on the asyncio loop) and
   `TcpLink` (asyncio streams). They only move bytes; every pyserial/socket
   error becomes a `LineUnavailable` here, once.
@@ -33,6 +34,7 @@ import serial
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerAscii, FramerBase, FramerRTU, FramerSocket
 from pymodbus.pdu import DecodePDU, ModbusPDU
+from pymodbus.pdu.bit_message import ReadCoilsRequest, WriteSingleCoilRequest
 from pymodbus.pdu.register_message import (
     ReadHoldingRegistersRequest,
     ReadInputRegistersRequest,
@@ -43,9 +45,10 @@ from pymodbus.pdu.register_message import (
 from gateway.devprofile import Framing, Table
 from gateway.errors import DeviceException, FrameError, LineUnavailable
 
-# Modbus application protocol V1.1b3 §6.3/§6.4 (reads) and §6.12 (FC16).
+# Modbus application protocol V1.1b3 §6.3/§6.4 (register reads), §6.12 (FC16) and §6.1 (FC01 coil reads).
 MAX_READ_COUNT = 125
 MAX_WRITE_COUNT = 123
+MAX_COIL_READ_COUNT = 2000
 # Modbus over serial line V1.02 §2.2: 1..247 are slave addresses (0 is broadcast,
 # which has no reply, 248..255 are reserved). Modbus TCP lets a gateway use all 0..255.
 SERIAL_UNITS = range(1, 248)
@@ -86,22 +89,25 @@ def _check_unit(unit: int, units: range) -> None:
         raise ValueError(f"Modbus unit must be in {units.start}..{units.stop - 1}, not {unit!r}")
 
 
-def _check_span(address: int, count: int, max_count: int) -> None:
+def _check_span(address: int, count: int, max_count: int, what: str = "register") -> None:
     if not isinstance(count, int) or not 1 <= count <= max_count:
-        raise ValueError(f"register count must be in 1..{max_count}, not {count!r}")
+        raise ValueError(f"{what} count must be in 1..{max_count}, not {count!r}")
     if not isinstance(address, int) or not 0 <= address or address + count > 0x10000:
-        raise ValueError(f"registers {address!r}..+{count} do not fit in the 0..65535 address space")
+        raise ValueError(f"{what}s {address!r}..+{count} do not fit in the 0..65535 address space")
 
 
 def read_request(unit: int, table: Table, address: int, count: int, units: range) -> ModbusPDU:
-    """FC04 (input) or FC03 (holding) request; ValueError for arguments Modbus cannot carry."""
+    """FC04 (input), FC03 (holding) or FC01 (coil) request; ValueError for arguments Modbus cannot carry."""
     _check_unit(unit, units)
+    if table is Table.COIL:
+        _check_span(address, count, MAX_COIL_READ_COUNT, "coil")
+        return ReadCoilsRequest(address=address, count=count, dev_id=unit)
     _check_span(address, count, MAX_READ_COUNT)
     if table is Table.INPUT:
         return ReadInputRegistersRequest(address=address, count=count, dev_id=unit)
     if table is Table.HOLDING:
         return ReadHoldingRegistersRequest(address=address, count=count, dev_id=unit)
-    raise ValueError(f"not a register table: {table!r}")
+    raise ValueError(f"not a Modbus table: {table!r}")
 
 
 def write_request(unit: int, address: int, values: Sequence[int], multiple: bool, units: range) -> ModbusPDU:
@@ -117,9 +123,21 @@ def write_request(unit: int, address: int, values: Sequence[int], multiple: bool
     return WriteSingleRegisterRequest(address=address, registers=words, dev_id=unit)
 
 
+def write_coil_request(unit: int, address: int, on: bool, units: range) -> ModbusPDU:
+    """FC05 request (Modbus application protocol §6.5: 0xFF00 on, 0x0000 off); ValueError for bad arguments."""
+    _check_unit(unit, units)
+    _check_span(address, 1, 1, "coil")
+    if not isinstance(on, bool):
+        raise ValueError(f"a coil is switched on or off (a bool), not {on!r}")
+    return WriteSingleCoilRequest(address=address, bits=[on], dev_id=unit)
+
+
 def describe(request: ModbusPDU) -> str:
-    """Short human form of a request for error messages, e.g. 'unit 3 FC04 @100+17'."""
-    return f"unit {request.dev_id} FC{request.function_code:02d} @{request.address}+{request.count}"
+    """Short human form of a request for error messages, e.g. 'unit 3 FC04 @100+17', 'unit 1 FC05 @0=on'."""
+    where = f"unit {request.dev_id} FC{request.function_code:02d} @{request.address}"
+    if request.function_code == WriteSingleCoilRequest.function_code:
+        return f"{where}={'on' if request.bits and request.bits[0] else 'off'}"
+    return f"{where}+{request.count}"
 
 
 # --- replies -----------------------------------------------------------------
@@ -135,12 +153,20 @@ class ReplyReader:
     is set aside and the wait goes on: Modbus over serial line §2.4.1 keeps
     the response timeout running after a reply from an unexpected slave, and
     on TCP it is the late answer to an earlier request.
+
+    On an ASCII line a reply may start with '>' instead of ':': ABL's eMH
+    controllers answer so (evcc issue #32436: request ":0103002E0005C9",
+    reply ">01030A2EA1...3B"). pymodbus's FramerAscii knows only ':', so '>' is
+    read as ':' before the framer sees the bytes. That is safe because '>'
+    never occurs inside a valid ASCII frame (hex digits, then CR LF, Modbus
+    over serial line §2.5.2.1); LRC and framing stay pymodbus's.
     """
 
     def __init__(self, framer: FramerBase, request: ModbusPDU) -> None:
         self._framer = framer
         self._request = request
         self._by_tid = isinstance(framer, FramerSocket)
+        self._ascii = isinstance(framer, FramerAscii)
         self._buffer = b""
         self.stray: str | None = None  # what was set aside, for the error raised at the deadline
 
@@ -150,7 +176,7 @@ class ReplyReader:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> ModbusPDU | None:
-        self._buffer += data
+        self._buffer += data.replace(b">", b":") if self._ascii else data
         request = self._request
         while self._buffer:
             try:
@@ -186,7 +212,7 @@ class ReplyReader:
 
 
 def check_reply(request: ModbusPDU, reply: ModbusPDU) -> list[int]:
-    """The registers a reply carries ([] for a write); raises DeviceException or FrameError."""
+    """The registers (or coils, one 0/1 each) a reply carries, [] for a write; raises DeviceException or FrameError."""
     if reply.isError():
         code = reply.exception_code
         name = EXCEPTION_NAMES.get(code, "unknown code")
@@ -196,6 +222,13 @@ def check_reply(request: ModbusPDU, reply: ModbusPDU) -> list[int]:
         if len(reply.registers) != request.count:
             raise FrameError(f"{describe(request)}: the reply carries {len(reply.registers)} registers")
         return list(reply.registers)
+    if fc == 1:
+        # §6.1: the coils come packed 8 to a byte, the last byte padded; pymodbus unpacks whole bytes.
+        if len(reply.bits) != 8 * ((request.count + 7) // 8):
+            raise FrameError(f"{describe(request)}: the reply carries {len(reply.bits) // 8} bytes of coils")
+        return [int(bit) for bit in reply.bits[: request.count]]
+    if fc == 5 and (reply.address, list(reply.bits[:1])) != (request.address, list(request.bits)):
+        raise FrameError(f"{describe(request)}: FC05 echo {reply.address}={list(reply.bits[:1])} differs")
     if fc == 6 and (reply.address, list(reply.registers)) != (request.address, list(request.registers)):
         raise FrameError(f"{describe(request)}: FC06 echo {reply.address}={list(reply.registers)} differs")
     if fc == 16 and (reply.address, reply.count) != (request.address, request.count):

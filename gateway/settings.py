@@ -41,6 +41,20 @@ class BusSettings:
 
 
 @dataclass(frozen=True)
+class MeterSettings:
+    """A separate energy meter that measures one connector, where its charger has no (or no trusted) meter.
+
+    It may sit on another bus than the charger, or on the same one at another unit.
+    """
+
+    bus: str
+    unit: int  # Modbus unit (slave) id
+    profile: str  # a profile of kind meter
+    host: str | None = None  # tcp buses only
+    port: int = 502
+
+
+@dataclass(frozen=True)
 class ConnectorSettings:
     id: int  # OCPP connectorId, 1..N
     bus: str
@@ -53,6 +67,11 @@ class ConnectorSettings:
     # The site phases (1..3 = L1..L3) the outlet's phases 1..n are wired to, in order: a 1-phase
     # box on L2 is [2], a 3-phase box wired with rotation is [2, 3, 1]. None: L1..Ln.
     phases: tuple[int, ...] | None = None
+    # The outlet of a multi-outlet controller this connector is (1-based): its registers lie
+    # profile.outlet_stride * (outlet - 1) above the first outlet's.
+    outlet: int = 1
+    # Where the connector's energy, power, currents and voltages come from, if not from its charger.
+    meter: MeterSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +148,12 @@ class Config:
         return next(b for b in self.buses if b.name == name)
 
     def profile_of(self, connector: ConnectorSettings) -> Profile:
-        return self.profiles[connector.profile]
+        """The charger profile of a connector, moved to its outlet."""
+        return self.profiles[connector.profile].for_outlet(connector.outlet)
+
+    def meter_profile_of(self, connector: ConnectorSettings) -> Profile | None:
+        """The profile of the connector's separate meter; None: the charger measures itself."""
+        return None if connector.meter is None else self.profiles[connector.meter.profile]
 
     def max_current_a(self, connector: ConnectorSettings) -> float:
         return outlet_max_current_a(connector, self.profile_of(connector))

@@ -232,14 +232,15 @@ def test_abb_not_supported_patterns_read_as_no_value() -> None:
     assert reading.current_a == pytest.approx((16.05, None, 15.94))
 
 
-def test_abb_energy_is_the_low_half_of_the_uint64_read_whole() -> None:
-    # Schema gap: no 64-bit integer type. The read covers the whole quantity 0x5000..0x5003;
-    # the value is its low 32 bits, which wrap only past 42,949,672.96 kWh.
+def test_abb_energy_is_the_whole_uint64() -> None:
+    # Reference §6d: uint64 at 0x5000..0x5003, high word first; only all four words 0xFFFF is "not available".
     p = PROFILES["abb-b23"]
-    assert any(b.covers(Table.HOLDING, 0x5000, 4) for b in p.blocks)
-    assert (p.values["energy"].address, p.values["energy"].type) == (0x5002, DataType.U32)
-    assert "schema gap" in p.notes
-    assert poll("abb-b23", ABB_CHARGING | {0x5000: (0x0000, 0x0000, 0xFFFF, 0xFFFE)}).energy_wh == pytest.approx(0xFFFFFFFE * 10)
+    assert (p.values["energy"].address, p.values["energy"].type) == (0x5000, DataType.U64)
+    assert p.values["energy"].invalid == (0xFFFFFFFFFFFFFFFF,)
+    # 0x0000_0001_0000_0000 = 2^32 x 0.01 kWh: past what the low half alone could count.
+    assert poll("abb-b23", ABB_CHARGING | {0x5000: (0x0000, 0x0001, 0x0000, 0x0000)}).energy_wh == 42_949_672_960
+    # Low half all 0xFFFF is a real count here (4_294_967_295 x 10 Wh), not the uint32 NaN.
+    assert poll("abb-b23", ABB_CHARGING | {0x5000: (0x0000, 0x0000, 0xFFFF, 0xFFFF)}).energy_wh == 42_949_672_950
 
 
 # --- Carlo Gavazzi EM340: signed int32, LOW word first ---------------------------------------------
@@ -281,9 +282,9 @@ def test_em340_energy_any_raw(raw: int) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(raw=st.integers(min_value=0, max_value=0xFFFFFFFE))
+@given(raw=st.integers(min_value=0, max_value=0xFFFFFFFFFFFFFFFE))
 def test_abb_energy_any_raw(raw: int) -> None:
-    words = (0, 0, raw >> 16, raw & 0xFFFF)
+    words = (raw >> 48, (raw >> 32) & 0xFFFF, (raw >> 16) & 0xFFFF, raw & 0xFFFF)  # high word first, by hand
     assert poll("abb-b23", ABB_CHARGING | {0x5000: words}).energy_wh == pytest.approx(raw * 10)
 
 

@@ -469,6 +469,32 @@ async def test_cancelled_callers(pty_pair) -> None:
     assert on_wire.cancelled() and queued.cancelled()
 
 
+async def test_repeat_stops_sending_when_the_caller_gives_up(pty_pair) -> None:
+    line = SerialLine(serial_bus(pty_pair[1]))
+    async with running(line), responder(pty_pair, {1: Behaviour(delay_s=0.1)}) as peer:
+        repeated = asyncio.create_task(line.read(1, Table.HOLDING, 0, 1, timeout_s=0.5, repeat=3))
+        await until(lambda: len(peer.seen) == 1)
+        repeated.cancel()
+        # The send on the wire is finished; the two still to come are not made.
+        assert await line.read(1, Table.HOLDING, 2, 1, timeout_s=0.5) == [1002]
+    assert [s.address for s in peer.seen] == [0, 2]
+    assert repeated.cancelled()
+
+
+async def test_repeat_late_first_reply_is_not_taken_for_the_second(pty_pair) -> None:
+    line = SerialLine(serial_bus(pty_pair[1]))
+    async with running(line), responder(pty_pair, {1: Behaviour(first_delay_s=0.2)}) as peer:
+        peer.written[(1, 5)] = 7
+        reading = asyncio.create_task(line.read(1, Table.HOLDING, 5, 1, timeout_s=0.1, gap_s=0.25, repeat=2))
+        await until(lambda: len(peer.seen) == 1)
+        peer.written[(1, 5)] = 8  # what the second send reads
+        # The first send times out; its reply (7) lands in the gap before the second send and is flushed.
+        assert await reading == [8]
+        assert peer.answered[1] == 2
+    assert (line.stats.requests, line.stats.timeouts, line.stats.frame_errors) == (2, 1, 0)
+    assert peer.seen[1].at - peer.seen[0].at >= 0.1 + 0.25  # the second send waited out its deadline and gap
+
+
 async def test_stopping_the_line_fails_its_callers(pty_pair) -> None:
     line = SerialLine(serial_bus(pty_pair[1]))
     async with responder(pty_pair, {1: Behaviour(delay_s=0.2)}) as peer:
@@ -612,6 +638,35 @@ async def test_a_refusing_endpoint_does_not_hold_up_another() -> None:
         await asyncio.to_thread(server.stop)
     assert isinstance(results[0], LineUnavailable)
     assert results[1] == [1500]
+
+
+async def test_tcp_repeat_uses_a_fresh_transaction_id_per_send() -> None:
+    tids: list[int] = []
+    delays = iter([0.2, 0.08])  # the first reply comes after its deadline, while the second send waits
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        framer = FramerSocket(DecodePDU(is_server=True))
+        loop = asyncio.get_running_loop()
+        buffer = b""
+        with contextlib.suppress(ConnectionError):  # the line hangs up when the test ends
+            while data := await reader.read(1024):
+                buffer += data
+                used, request = framer.handleFrame(buffer, 0, 0)
+                buffer = buffer[used:]
+                if request is not None:
+                    tids.append(request.transaction_id)
+                    reply = ReadInputRegistersResponse(registers=[len(tids)])
+                    frame = reply_frame(framer, reply, request.dev_id, request.transaction_id)
+                    loop.call_later(next(delays), writer.write, frame)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    line = TcpEndpoint("tcp/raw", "127.0.0.1", server.sockets[0].getsockname()[1], **FAST_REOPEN)
+    async with server, running(line):
+        # The late answer to the first send (1) is told from the second's (2) by its transaction id.
+        assert await line.read(1, Table.INPUT, 0, 1, timeout_s=0.15, repeat=2) == [2]
+    assert len(tids) == 2 and tids[0] != tids[1]
+    assert (line.stats.requests, line.stats.timeouts, line.stats.frame_errors) == (2, 1, 0)
 
 
 async def test_tcp_reply_with_the_wrong_unit_is_a_frame_error_and_reconnects() -> None:

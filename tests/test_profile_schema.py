@@ -309,4 +309,4 @@ def test_state_rules_faults(tmp_path: Path) -> None:
 
 def test_a_right_aligned_tag_keeps_its_text() -> None:
     assert decode_string([0x0000, 0x0000, 0x4142, 0x4344]) == "ABCD"  # leading NULs go, as evcc trims them
-    assert decode_string([0x4142, 0x0043, 0x4400]) == "ABC"  # the text still ends at its first NUL
+    assert decode_string([0x4142, 0x4300, 0x4400]) == "ABC"  # the text still ends at its first NUL

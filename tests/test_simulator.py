@@ -355,9 +355,13 @@ def test_state_falls_back_to_the_bare_letter() -> None:
     coarse = replace(HEIDELBERG, values={**HEIDELBERG.values, "state": state})
     slave = _slave(coarse)
     assert slave.read(Table.INPUT, 5, 1, 2.0) == [3]
-    no_f = replace(state, enum={1: "A", 2: "B", 3: "C"})
-    with pytest.raises(ValueError, match="pilot F"):
-        _slave(replace(HEIDELBERG, values={**HEIDELBERG.values, "state": no_f}))
+    no_f = _slave(replace(HEIDELBERG, values={**HEIDELBERG.values, "state": replace(state, enum={1: "A", 2: "B", 3: "C"})}))
+    no_f.write(262, [0], 2.5)  # fail safe to no current; but this box has no state F...
+    no_f.tick(18.0)
+    assert no_f.failsafe and no_f.pilot_code() == "C1"  # ...so it shows the EV's letter, offering nothing
+    no_b = replace(state, enum={1: "A", 3: "C", 5: "F"})
+    with pytest.raises(ValueError, match="pilot B1"):
+        _slave(replace(HEIDELBERG, values={**HEIDELBERG.values, "state": no_b}))
 
 
 def test_plug_and_unplug_events_carry_the_register_value() -> None:

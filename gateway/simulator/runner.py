@@ -4,6 +4,11 @@ Serial buses become pty lines linked at their configured port paths; TCP
 connectors become Modbus TCP servers on their (loopback) addresses. All of
 them, and the clock that moves the EVs and watchdogs on, run in one
 asyncio.TaskGroup; stopping removes the port links again.
+
+A connector's meter answers on its own bus and unit and measures that
+connector's EV. Outlets of one multi-outlet controller answer on their shared
+unit, and a profile's blocks on a fixed unit (Alfen's station, unit 200) are
+answered by the first connector of that profile at its address.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import IO, Any
 
 from gateway.devprofile import Framing
 from gateway.errors import GatewayError
-from gateway.settings import Config, ConnectorSettings
+from gateway.settings import BusSettings, Config, ConnectorSettings
 from gateway.simulator.errors import SimulatorError
 from gateway.simulator.ev import EvModel, EvTiming
 from gateway.simulator.serial_server import PtyLink, serve_line
@@ -114,20 +119,39 @@ async def run_simulation(
     lines: dict[str, dict[int, SimSlave]] = {b.name: {} for b in serial_buses}
     addresses: dict[tuple[str, int], dict[int, SimSlave]] = {}
     everyone: list[SimSlave] = []
+
+    def units_at(what: str, bus: BusSettings, host: str | None, port: int) -> tuple[dict[int, SimSlave], str]:
+        if bus.kind is not Framing.TCP:
+            return lines[bus.name], f"bus {bus.name}"
+        if host is None:
+            raise SimulatorError(f"{what}: a tcp bus needs a host")
+        return addresses.setdefault((host, port), {}), f"{host}:{port}"
+
     for connector in config.connectors:
-        bus = config.bus(connector.bus)
-        if bus.kind is Framing.TCP:
-            if connector.host is None:
-                raise SimulatorError(f"connector {connector.id}: a tcp bus needs a host")
-            units = addresses.setdefault((connector.host, connector.port), {})
-            where = f"{connector.host}:{connector.port}"
+        units, where = units_at(f"connector {connector.id}", config.bus(connector.bus), connector.host, connector.port)
+        slave = _build_slave(config, connector, clock, seed, emit, id_tags)
+        first = units.get(connector.unit)
+        if first is None:
+            units[connector.unit] = slave
+        elif first.profile.name == slave.profile.name and first.profile.outlet_stride > 0:
+            first.join(slave)  # another outlet of the same controller
         else:
-            units = lines[bus.name]
-            where = f"bus {bus.name}"
-        if connector.unit in units:
             raise SimulatorError(f"connector {connector.id}: unit {connector.unit} already answers on {where}")
-        units[connector.unit] = slave = _build_slave(config, connector, clock, seed, emit, id_tags)
+        for block in slave.profile.blocks:
+            if block.unit is not None:
+                units.setdefault(block.unit, slave)  # one station per address answers its fixed unit
         everyone.append(slave)
+        meter, meter_profile = connector.meter, config.meter_profile_of(connector)
+        if meter is not None and meter_profile is not None:
+            what = f"connector {connector.id} meter"
+            units, where = units_at(what, config.bus(meter.bus), meter.host, meter.port)
+            if meter.unit in units:
+                raise SimulatorError(f"{what}: unit {meter.unit} already answers on {where}")
+            units[meter.unit] = SimSlave(
+                connector=connector.id, unit=meter.unit, profile=meter_profile, ev=slave.ev, clock=clock,
+                now=time.monotonic(), measures=slave,
+            )
+            slave.energy_spec = meter_profile.values.get("energy")  # the session energy is the meter's
 
     ports: dict[str, str] = {}
     for bus in serial_buses:

@@ -7,7 +7,9 @@ is not simulated, or with a bad CRC, gets no reply, as on a real bus.
 
 pymodbus cuts and checks the frames (FramerRTU / FramerAscii) and encodes the
 replies; this module only keeps time: frame boundaries by silence, and each
-reply held back by its wire time when wire_delay is on.
+reply held back by its wire time when wire_delay is on. On an ASCII line a
+device whose profile says so starts its replies with its own character in
+place of ':' (ABL: '>', evcc issue #32436).
 """
 
 from __future__ import annotations
@@ -191,6 +193,8 @@ async def serve_line(
                 if reply is None:
                     continue
                 out = framer.buildFrame(reply)
+                if bus.kind is Framing.ASCII and addressee is not None:
+                    out = addressee.profile.line.ascii_reply_start.encode("ascii") + out[1:]
                 if wire_delay:
                     # The master wrote its request at `at`; on a real line the reply is
                     # complete only after both frames and their silences have passed.

@@ -121,11 +121,13 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
                 break
             buffer = buffer[used:]
             reply = respond_to_frame(slaves, framer.decoder, unit, tid, pdu, time.monotonic(), broadcast=False)
-            if reply is None:
+            if reply is None and unit not in slaves:
                 # A unit this address does not serve: answer as a Modbus TCP gateway whose
                 # target is silent (Modbus application protocol §7, code 0x0B) rather than
                 # leave the client hanging until its timeout.
                 reply = ExceptionResponse(pdu[0] & 0x7F, ExcCodes.GATEWAY_NO_RESPONSE, device_id=unit, transaction=tid)
+            if reply is None:
+                continue  # the slave dropped the request unheard (SimSlave.accepts): the device sends nothing either
             writer.write(framer.buildFrame(reply))
             try:
                 await writer.drain()
