@@ -330,13 +330,15 @@ def _check_state(doc: Document, data: dict[str, Any]) -> None:
         if "state" in values:
             doc.error(("state_rules",), "give the state either as the value 'state' or as state_rules, not both")
         for i, rule in enumerate(rules):
+            if not isinstance(rule, dict):  # already reported
+                continue
             for name in rule.get("when", {}):
                 spec = values.get(name)
                 if spec is None and _has(doc.data, "values"):
                     doc.error(("state_rules", i, "when", name), f"no value named {name!r} in values")
                 elif spec is not None and not DataType(spec.get("type", "u16")).integer:
                     doc.error(("state_rules", i, "when", name), "a state rule tests integer values only")
-        if rules and rules[-1].get("when"):
+        if rules and isinstance(rules[-1], dict) and rules[-1].get("when"):
             doc.error(("state_rules", len(rules) - 1), "the last rule needs no 'when': it says what every other case is")
     if data.get("kind") != "charger":
         return

@@ -75,7 +75,8 @@ def raw_value(spec: ValueSpec, words: Sequence[int]) -> int | float | None:
     if spec.bits is not None:
         low, high = spec.bits
         raw = (int(raw) >> low) & ((1 << (high - low + 1)) - 1)
-    if raw in spec.invalid:
+    # A float register of NaN says "not available" (Alfen: reserved or unavailable registers read 0xFFFF).
+    if raw in spec.invalid or (isinstance(raw, float) and math.isnan(raw)):
         return None
     return raw
 

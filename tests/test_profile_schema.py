@@ -310,3 +310,9 @@ def test_state_rules_faults(tmp_path: Path) -> None:
 def test_a_right_aligned_tag_keeps_its_text() -> None:
     assert decode_string([0x0000, 0x0000, 0x4142, 0x4344]) == "ABCD"  # leading NULs go, as evcc trims them
     assert decode_string([0x4142, 0x4300, 0x4400]) == "ABC"  # the text still ends at its first NUL
+
+
+def test_a_float_of_nan_is_not_available() -> None:
+    current = ValueSpec("current_l2", Table.HOLDING, 322, DataType.F32, unit="A")
+    assert decode_value(current, [0xFFFF, 0xFFFF]) is None  # Alfen: an unused phase of a 1-phase socket
+    assert decode_value(current, [0x4166, 0x6666]) == pytest.approx(14.4)
