@@ -17,7 +17,7 @@ from gateway.devprofile import DataType, Framing, Profile, ReadBlock, Table, Wor
 from gateway.errors import FrameError
 from gateway.profile_loader import builtin_profile_dir, load_profile
 from gateway.reading import Pilot, PilotState
-from gateway.registers import current_limit_words, decode_reading, failsafe_writes
+from gateway.registers import control_writes, decode_reading, failsafe_writes
 from gateway.simulator.ev import EvModel, EvTiming
 from gateway.simulator.slave import SimSlave, SlaveEvent, TimeScale
 
@@ -108,9 +108,9 @@ def test_no_card_reads_no_tag(tag_words: list[int]) -> None:
     assert reading.id_tag is None
 
 
-def test_current_limit_words() -> None:
-    assert current_limit_words(BENDER, 16) == [16]  # whole amperes (evcc MaxCurrent)
-    assert current_limit_words(BENDER, 0) == [0]  # pause
+def test_control_writes() -> None:
+    assert [(w.address, w.words, w.multiple) for w in control_writes(BENDER, 16)] == [(1000, (16,), True)]  # whole A, FC16
+    assert [(w.address, w.words) for w in control_writes(BENDER, 0)] == [(1000, (0,))]  # pause
 
 
 # --- the simulator plays the profile -----------------------------------------------------------
@@ -135,10 +135,10 @@ def test_simulator_round_trip_with_a_tag() -> None:
     assert charging.power_w and charging.power_w > 0 and charging.applied_limit_a == 16
     assert charging.energy_wh is not None and charging.energy_wh > 4_000_000
     assert charging.current_a[0] == pytest.approx(slave.ev.draw_a)
-    slave.write(1000, current_limit_words(BENDER, 0), 4.0)  # pause: still C, no current
+    slave.write(1000, [0], 4.0)  # pause: still C, no current
     paused = decode_reading(BENDER, _poll(slave, 4.5))
     assert paused.state is not None and paused.state.pilot is Pilot.C and paused.power_w == 0 and paused.applied_limit_a == 0
-    slave.write(1000, current_limit_words(BENDER, 16), 5.0)
+    slave.write(1000, [16], 5.0)
     for step in range(1, 2000):  # 1 kWh at >= 3.7 kW, then the driver comes back within 10 min
         reading = decode_reading(BENDER, _poll(slave, 5.0 + step))
         if reading.state is not None and reading.state.pilot is Pilot.A:

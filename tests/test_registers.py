@@ -21,7 +21,7 @@ from gateway.reading import Pilot, PilotState
 from gateway.registers import (
     RegisterWrite,
     chargeable_current,
-    current_limit_words,
+    control_writes,
     decode_raw,
     decode_reading,
     decode_string,
@@ -30,6 +30,7 @@ from gateway.registers import (
     encode_string,
     encode_value,
     failsafe_writes,
+    identify_matches,
     setup_writes,
     words_of,
 )
@@ -105,11 +106,22 @@ def test_words_of_cuts_the_value_out_of_its_block(heidelberg: Profile) -> None:
     assert list(words_of(heidelberg.values["temperature"], blocks)) == [0xFF6F]
 
 
-def test_current_limit_words(heidelberg: Profile) -> None:
-    assert current_limit_words(heidelberg, 16.0) == [160]  # holding 261, 0.1 A
-    assert current_limit_words(heidelberg, 6.0) == [60]
-    assert current_limit_words(heidelberg, 0.0) == [0]  # pause
-    assert current_limit_words(heidelberg, 10.04) == [100]  # rounded to the register's 0.1 A
+def test_control_writes(heidelberg: Profile) -> None:
+    def words(amperes: float) -> list[tuple[int, tuple[int, ...]]]:
+        return [(w.address, w.words) for w in control_writes(heidelberg, amperes)]
+
+    assert words(16.0) == [(261, (160,))]  # holding 261, 0.1 A
+    assert words(6.0) == [(261, (60,))]
+    assert words(0.0) == [(261, (0,))]  # pause
+    assert words(5.9) == [(261, (0,))]  # 1..59 are invalid on the box: below 6 A is a pause
+    assert words(10.04) == [(261, (100,))]  # rounded to the register's 0.1 A
+    assert words(32.0) == [(261, (160,))]  # capped at the box's 16 A
+
+
+def test_heidelberg_identify(heidelberg: Profile) -> None:
+    assert identify_matches(heidelberg, heidelberg_blocks(heidelberg, CHARGING))  # layout 0x0108
+    assert not identify_matches(heidelberg, heidelberg_blocks(heidelberg, CHARGING | {(I, 4): 0x0200}))
+    assert not identify_matches(heidelberg, heidelberg_blocks(heidelberg, CHARGING | {(I, 5): 0x41}))  # not a state
 
 
 # --- every DataType, both word orders, literal words ------------------------------------
