@@ -21,10 +21,9 @@ from gateway.authorizer import Authorizer
 from gateway.charging_profiles import ChargingProfile, TxContext
 from gateway.clock import Clock
 from gateway.control import Control
-from gateway.devprofile import Framing
 from gateway.errors import StoreError
 from gateway.load_sharing import Demand, SnapshotError
-from gateway.modbus_line import ModbusLine, TcpEndpoint, build_lines, line_key
+from gateway.modbus_line import build_lines, line_key, meter_line_key
 from gateway.poller import ConnectorPoller, MeterLink
 from gateway.reading import Reading
 from gateway.session import Connector, Effect, State, StatusChanged, TransactionStarted, TransactionStopped
@@ -78,7 +77,7 @@ class Daemon:
         # Connectors whose session was stopped with the EV still plugged: after a restart they wait for
         # the EV to leave, so free charging does not open a session the user ended (remote stop, reset).
         self._finishing: set[int] = set()
-        self.lines = _with_meter_lines(config, build_lines(config))
+        self.lines = build_lines(config)
         self.pollers: list[ConnectorPoller] = []
         self.site = SiteLoad(
             [
@@ -134,11 +133,11 @@ class Daemon:
             ))
 
     def _meter_link(self, c: ConnectorSettings) -> MeterLink | None:
-        profile, meter = self.config.meter_profile_of(c), _meter_device(c)
-        if profile is None or meter is None:
+        profile, meter, key = self.config.meter_profile_of(c), c.meter, meter_line_key(self.config, c)
+        if profile is None or meter is None or key is None:
             return None
         bus = self.config.bus(meter.bus)
-        return MeterLink(profile, self.lines[line_key(self.config, meter)], meter.unit, bus.request_timeout_s or profile.request_timeout_s)
+        return MeterLink(profile, self.lines[key], meter.unit, bus.request_timeout_s or profile.request_timeout_s)
 
     async def handle_effects(self, effects: Sequence[Effect]) -> bool:
         """Commit first; only a committed effect is reported to the backend (or acted on): False while the store refuses."""
@@ -394,26 +393,6 @@ class Daemon:
             tg.create_task(self._reset_when_asked(), name="reset")
             tg.create_task(self._housekeeping(), name="housekeeping")
             tg.create_task(self.authorizer.run(), name="authorizer")
-
-
-def _meter_device(c: ConnectorSettings) -> ConnectorSettings | None:
-    """A connector's meter as a device address (bus, unit, host, port), for line_key; None: it has none."""
-    m = c.meter
-    if m is None:
-        return None
-    return dataclasses.replace(c, bus=m.bus, unit=m.unit, profile=m.profile, host=m.host, port=m.port, meter=None)
-
-
-def _with_meter_lines(config: Config, lines: dict[str, ModbusLine]) -> dict[str, ModbusLine]:
-    """The lines of the config plus the TCP endpoints only meters use (build_lines makes one per serial bus)."""
-    for c in config.connectors:
-        meter = _meter_device(c)
-        if meter is None or meter.host is None or config.bus(meter.bus).kind is not Framing.TCP:
-            continue
-        key = line_key(config, meter)
-        if key not in lines:
-            lines[key] = TcpEndpoint(key, meter.host, meter.port)
-    return lines
 
 
 async def run_daemon(config: Config, clock: Clock | None = None) -> None:

@@ -478,15 +478,24 @@ class TcpEndpoint(ModbusLine):
 
 def line_key(config: Config, connector: ConnectorSettings) -> str:
     """The line a connector's slave is on: the bus name, or "bus/host:port" on a TCP bus."""
-    bus = config.bus(connector.bus)
-    if bus.kind is not Framing.TCP:
-        return bus.name
-    host = connector.host or ""
-    return f"{bus.name}/[{host}]:{connector.port}" if ":" in host else f"{bus.name}/{host}:{connector.port}"
+    return _key(config, connector.bus, connector.host, connector.port)
+
+
+def meter_line_key(config: Config, connector: ConnectorSettings) -> str | None:
+    """The line a connector's own meter is on (None: it has none); it may be another bus than the charger's."""
+    m = connector.meter
+    return None if m is None else _key(config, m.bus, m.host, m.port)
+
+
+def _key(config: Config, bus_name: str, host: str | None, port: int) -> str:
+    if config.bus(bus_name).kind is not Framing.TCP:
+        return bus_name
+    host = host or ""
+    return f"{bus_name}/[{host}]:{port}" if ":" in host else f"{bus_name}/{host}:{port}"
 
 
 def build_lines(config: Config) -> dict[str, ModbusLine]:
-    """Every line of the config, by line_key: one per serial bus, one per TCP endpoint in use."""
+    """Every line of the config, by line_key: one per serial bus, one per TCP endpoint in use (meters' too)."""
     issues: list[ConfigIssue] = []
     lines: dict[str, ModbusLine] = {}
 
@@ -500,18 +509,20 @@ def build_lines(config: Config) -> dict[str, ModbusLine]:
             continue
         lines[bus.name] = SerialLine(bus)
     known = {b.name for b in config.buses}
-    for i, connector in enumerate(config.connectors):
-        if connector.bus not in known:
-            issue(f"connectors[{i}].bus", f"no bus named {connector.bus}")
+    devices = [(f"connectors[{i}]", c.bus, c.host, c.port) for i, c in enumerate(config.connectors)]
+    devices += [(f"connectors[{i}].meter", m.bus, m.host, m.port) for i, c in enumerate(config.connectors) if (m := c.meter)]
+    for path, bus_name, host, port in devices:
+        if bus_name not in known:
+            issue(f"{path}.bus", f"no bus named {bus_name}")
             continue
-        if config.bus(connector.bus).kind is not Framing.TCP:
+        if config.bus(bus_name).kind is not Framing.TCP:
             continue
-        if not connector.host:
-            issue(f"connectors[{i}].host", "a tcp bus needs a host")
+        if not host:
+            issue(f"{path}.host", "a tcp bus needs a host")
             continue
-        key = line_key(config, connector)
+        key = _key(config, bus_name, host, port)
         if key not in lines:
-            lines[key] = TcpEndpoint(key, connector.host, connector.port)
+            lines[key] = TcpEndpoint(key, host, port)
     if issues:
         raise ConfigError(issues)
     return lines

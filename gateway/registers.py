@@ -266,13 +266,6 @@ def identify_matches(profile: Profile, blocks: Mapping[ReadBlock, Sequence[int]]
     return all(check.holds(values.get(check.value)) for check in profile.identify)
 
 
-def current_limit_words(profile: Profile, amperes: float) -> list[int]:
-    """Words to write to the profile's current-limit register for `amperes` (0 or the pause value = pause)."""
-    if profile.current_limit is None:
-        raise ValueError(f"{profile.name} has no current-limit register")
-    return encode_value(profile.current_limit, amperes)
-
-
 def chargeable_current(profile: Profile, amperes: float) -> float:
     """The current a charger can be told to offer for `amperes`: below min_current_a it pauses
     (IEC 61851-1 Table A.8: no PWM duty cycle offers less than 6 A), above max_current_a it is capped."""

@@ -180,6 +180,7 @@ connectors:
 storage: {path: gateway.db}
 """
 C0 = "  - {id: 1, bus: line1, unit: 1, profile: heidelberg-energy-control}\n"
+M0 = "profile: heidelberg-energy-control"  # its first occurrence: connectors[0], line 7
 C2 = "  - {id: 3, bus: lan, host: gw-a.example, port: 502, unit: 1, profile: heidelberg-energy-control}\n"
 B1 = "  - {name: lan, kind: tcp}\n"
 
@@ -198,7 +199,7 @@ ERRORS = [
     (B1, B1 + "  - {name: line2, kind: rtu, port: /dev/ttyS1}\n", 6, "buses[2].port", "/dev/ttyS1 is already used by buses[0]"),
     ("bus: lan,", "bus: lam,", 9, "connectors[2].bus", "unknown bus 'lam'; buses: line1, lan"),
     (B1, B1 + "  - {name: spare, kind: tcp}\n", 6, "buses[2].name", "no connector uses bus 'spare'"),
-    ("{id: 1, bus: line1, unit: 1, profile: heidelberg-energy-control}", "{id: 1, bus: line1, unit: 1, profile: abl}", 7, "connectors[0].profile", f"unknown profile 'abl'; known: {KNOWN}"),
+    ("{id: 1, bus: line1, unit: 1, profile: heidelberg-energy-control}", "{id: 1, bus: line1, unit: 1, profile: nosuchbox}", 7, "connectors[0].profile", f"unknown profile 'nosuchbox'; known: {KNOWN}"),
     ("poll_interval_s: 2}", "poll_interval_s: 0.5}", 4, "buses[0].poll_interval_s", "a round over 2 dead device(s) takes 0.80 s"),
     ("poll_interval_s: 2}", "poll_interval_s: 2, request_timeout_s: 1}", 4, "buses[0].request_timeout_s", "takes 2.20 s"),
     ("kind: rtu", "kind: ascii", 7, "connectors[0].profile", "an ASCII line and an RTU line can never be mixed"),
@@ -218,6 +219,16 @@ ERRORS = [
     ("storage: {path: gateway.db}", "storage: {path: gateway.db}\nocpp: {meter_values_sampled_data: [Power.Active.Imprt]}", 11, "ocpp.meter_values_sampled_data[0]", "did you mean 'Power.Active.Import'?"),
     ("storage: {path: gateway.db}", "storage: {path: gateway.db}\nsimulator: {speed: .nan}", 11, "simulator.speed", "finite"),
     ("parity: E", "parity: yes", 4, "buses[0].parity", "put it in quotes"),
+    # A connector's meter: a meter profile, on a known bus, its unit counted on that bus.
+    (M0, M0 + ", meter: {bus: line1, unit: 5, profile: heidelberg-energy-control}", 7, "connectors[0].meter.profile", "a connector's meter needs a meter profile"),
+    (M0, M0 + ", meter: {bus: line1, unit: 2, profile: eastron-sdm630}", 8, "connectors[1].unit", "unit 2 on bus 'line1' is already used by connectors[0].meter"),
+    (M0, M0 + ", meter: {bus: nowhere, unit: 5, profile: eastron-sdm630}", 7, "connectors[0].meter.bus", "unknown bus 'nowhere'"),
+    (M0, M0 + ", meter: {bus: lan, unit: 5, profile: eastron-sdm630}", 7, "connectors[0].meter.host", "is required: bus 'lan' is tcp"),
+    (M0, M0 + ", meter: {bus: line1, unit: 5, profile: eastron-sdm63}", 7, "connectors[0].meter.profile", "did you mean 'eastron-sdm630'?"),
+    (M0, M0 + ", meter: {bus: line1, unit: 250, profile: eastron-sdm630}", 7, "connectors[0].meter.unit", "must be 1..247 on a serial line"),
+    (B1 + "connectors:\n" + C0, B1 + "  - {name: asc, kind: ascii, port: /dev/ttyS4}\nconnectors:\n" + C0.replace("}\n", ", meter: {bus: asc, unit: 5, profile: eastron-sdm630}}\n"), 8, "connectors[0].meter.profile", "an ASCII line and an RTU line can never be mixed"),
+    (M0, M0 + ", outlet: 2", 7, "connectors[0].outlet", "has one outlet (no outlet_stride): outlet 2 does not exist"),
+    (M0, "profile: phoenix-ev-ser", 7, "connectors[0].profile", "connector 1: profile 'phoenix-ev-ser' has no energy register; give the connector a meter"),
 ]  # fmt: skip
 
 
@@ -492,3 +503,31 @@ def test_tcp_devices_share_a_poll_round_only_behind_one_endpoint(tmp_path: Path)
     other_gateway = C2.replace("id: 3", "id: 4").replace("gw-a", "gw-b")
     config, warnings = load_config_with_warnings(write(tmp_path, fast.replace(C2, C2 + other_gateway)))
     assert len(config.connectors) == 4 and warnings == []
+
+
+def test_a_meter_on_another_bus_and_the_outlets_of_one_controller(tmp_path: Path) -> None:
+    """A connector's meter is built with its defaults; outlets of a controller with an outlet_stride share its unit."""
+    (tmp_path / "profiles").mkdir()
+    twin = (builtin_profile_dir() / f"{HEIDELBERG}.yaml").read_text().replace(f"name: {HEIDELBERG}", "name: twin-box")
+    (tmp_path / "profiles" / "twin-box.yaml").write_text(twin + "outlet_stride: 100\n")
+    meters = "  - {name: meters, kind: rtu, port: /dev/ttyS2, parity: N, baudrate: 9600}\n"
+    with_meter = C0.replace("}\n", ", meter: {bus: meters, unit: 1, profile: eastron-sdm630}}\n")
+    text = BASE.replace(B1, B1 + meters).replace(C0, with_meter) + "profile_dirs: [profiles]\n"
+    config, warnings = load_config_with_warnings(write(tmp_path, text))
+    assert warnings == []
+    meter = config.connectors[0].meter
+    assert meter is not None and (meter.bus, meter.unit, meter.profile, meter.host, meter.port) == ("meters", 1, "eastron-sdm630", None, 502)
+    assert config.meter_profile_of(config.connectors[0]) is config.profiles["eastron-sdm630"]
+    assert config.connectors[1].meter is None and config.connectors[1].outlet == 1
+
+    outlets = C0.replace(HEIDELBERG, "twin-box") + C0.replace("id: 1", "id: 2").replace(HEIDELBERG, "twin-box, outlet: 2")
+    second = "  - {id: 2, bus: line1, unit: 2, profile: heidelberg-energy-control}\n"
+    text = BASE.replace(C0 + second, outlets) + "profile_dirs: [profiles]\n"
+    config, _ = load_config_with_warnings(write(tmp_path, text))
+    first, other = config.connectors[:2]
+    assert (first.unit, first.outlet, other.unit, other.outlet) == (1, 1, 1, 2)
+    limits = config.profile_of(first).current_limit, config.profile_of(other).current_limit
+    assert limits[0] is not None and limits[1] is not None and limits[1].address == limits[0].address + 100 == 361
+    same_outlet = outlets.replace(", outlet: 2", "")
+    found = faults(write(tmp_path, BASE.replace(C0 + second, same_outlet) + "profile_dirs: [profiles]\n"))
+    assert (8, "connectors[1].unit", "unit 1 on bus 'line1' is already used by connectors[0]") in found

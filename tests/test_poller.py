@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gateway.clock import Clock
 from gateway.config import load_config_with_warnings
 from gateway.devprofile import Table
 from gateway.modbus_line import SerialLine
-from gateway.poller import ConnectorPoller
+from gateway.poller import ConnectorPoller, MeterLink
 from gateway.session import Connector, Effect, State, StatusChanged, TransactionStarted, TransactionStopped
 from gateway.settings import Config, ConnectorSettings
 from gateway.simulator import run_simulation
@@ -130,3 +132,80 @@ async def test_no_current_for_a_session_the_store_refused(tmp_path: Path) -> Non
                 await asyncio.sleep(0.2)
         polling.cancel()
     assert set(limits) == {0}, "paused: no current for a session that exists only in memory"
+
+
+def profile_config(tmp_path: Path, profile: str, *, meter: bool = False, kind: str = "rtu", **simulator: object) -> Config:
+    """One connector with `profile` on a pty line of its kind, optionally with an SDM630 on a second (RTU) line."""
+    connector: dict = {"id": 1, "bus": "line", "unit": 1, "profile": profile}
+    buses = [{"name": "line", "kind": kind, "port": str(tmp_path / "tty"), "parity": "N", "baudrate": 38400, "poll_interval_s": 0.5}]
+    if meter:
+        buses.append({"name": "meters", "kind": "rtu", "port": str(tmp_path / "ttyM"), "parity": "N", "baudrate": 9600})
+        connector["meter"] = {"bus": "meters", "unit": 1, "profile": "eastron-sdm630"}
+    doc = {
+        "charge_point": {"identity": "CP-POLL", "vendor": "t", "model": "t"},
+        "backend": {"url": "ws://127.0.0.1:9/ocpp"},
+        "buses": buses,
+        "connectors": [connector],
+        "storage": {"path": str(tmp_path / "gw.db")},
+        "simulator": {"speed": 60, "seed": 3, "wire_delay": False, "idle_s": [30, 60], "session_kwh": [40, 40]} | simulator,
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(doc))
+    config, _ = load_config_with_warnings(tmp_path / "c.yaml")
+    return config
+
+
+@contextlib.asynccontextmanager
+async def polling(config: Config, sim_events: list[dict]) -> AsyncIterator[tuple[ConnectorPoller, dict[str, SerialLine], Recorder]]:
+    """The simulator, a line per bus, and the connector's poller (as the daemon wires it) running; all cancelled after."""
+    ready = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(run_simulation(config, on_event=sim_events.append, ready=ready))]
+        await ready.wait()
+        lines = {bus.name: SerialLine(bus) for bus in config.buses}
+        tasks += [tg.create_task(line.run()) for line in lines.values()]
+        c, rec = config.connectors[0], Recorder()
+        meter_profile = config.meter_profile_of(c)
+        meter = None
+        if c.meter is not None and meter_profile is not None:
+            meter = MeterLink(meter_profile, lines[c.meter.bus], c.meter.unit, meter_profile.request_timeout_s)
+        p = ConnectorPoller(
+            c, config.bus(c.bus), config.profile_of(c), lines[c.bus], Connector(c.id), Clock(), rec.on_effects, rec.on_meter_values,
+            start_policy=lambda connector_id, reading: ("FREE", None), measurands=(), sample_interval_s=0, meter=meter,
+        )
+        tasks.append(tg.create_task(p.run()))
+        try:
+            yield p, lines, rec
+        finally:
+            for task in tasks:
+                task.cancel()
+
+
+async def test_a_pwm_duty_limit_is_written_once_not_at_every_poll(tmp_path: Path) -> None:
+    """ABL: 16 A is duty raw 266, which reads back as 15.96 A; the poller must take that for 16 A (evcc abl.go)."""
+    config = profile_config(tmp_path, "abl-emh", meter=True, kind="ascii")
+    async with polling(config, []) as (p, lines, rec):
+        async with asyncio.timeout(20):
+            while not (p.last_reading and p.last_reading.power_w):  # a session runs at 16 A, metered
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            line = lines["line"]
+            before, reads = line.stats.requests, 2 * len(p.profile.blocks)  # every request goes twice (repeat 2)
+            await asyncio.sleep(2.0)  # four polls
+            polls = (line.stats.requests - before) / reads
+            assert 3 <= polls <= 5 and (line.stats.requests - before) % reads == 0, "nothing but the reads"
+    assert p.offered_a == pytest.approx(15.96)
+    assert any(isinstance(e, TransactionStarted) for e in rec.effects)
+
+
+async def test_a_heartbeat_keeps_the_watchdog_from_striking(tmp_path: Path) -> None:
+    """Mennekes: only the heartbeat feeds its watchdog; the poller writes it every keepalive period while the box answers."""
+    config = profile_config(tmp_path, "mennekes-amtron-compact")
+    profile = config.profiles["mennekes-amtron-compact"]
+    assert profile.watchdog is not None
+    quick = dataclasses.replace(profile, watchdog=dataclasses.replace(profile.watchdog, timeout_s=1.5, keepalive_every_s=0.4))
+    config = dataclasses.replace(config, profiles={profile.name: quick})
+    sim_events: list[dict] = []
+    async with polling(config, sim_events) as (p, _, _):
+        await asyncio.sleep(4.0)  # more than twice the watchdog; polls alone would not feed it
+        assert p.online
+    assert "watchdog" not in [e["event"] for e in sim_events]

@@ -693,10 +693,10 @@ def test_configs_the_simulator_cannot_play_are_refused(tmp_path: Path) -> None:
     connectors = (ConnectorSettings(1, "rs485", 1, HEIDELBERG.name), ConnectorSettings(2, "twin", 1, HEIDELBERG.name))
     with pytest.raises(SimulatorError, match="also the port of bus rs485"):
         asyncio.run(run_simulation(_config(tmp_path, (line, twin), connectors)))
-    state = replace(HEIDELBERG.values["state"], enum={1: "A", 2: "B", 3: "C"})
-    no_f = replace(HEIDELBERG, values={**HEIDELBERG.values, "state": state})
-    config = replace(_rtu_config(tmp_path), profiles={HEIDELBERG.name: no_f})
-    with pytest.raises(SimulatorError, match="connector 1: .*no value for pilot F"):
+    state = replace(HEIDELBERG.values["state"], enum={1: "A", 3: "C", 5: "F"})
+    no_b = replace(HEIDELBERG, values={**HEIDELBERG.values, "state": state})
+    config = replace(_rtu_config(tmp_path), profiles={HEIDELBERG.name: no_b})
+    with pytest.raises(SimulatorError, match="connector 1: .*no value for pilot B1"):
         asyncio.run(run_simulation(config))
     with pytest.raises(SimulatorError, match="speed"):
         asyncio.run(run_simulation(_rtu_config(tmp_path), speed=0))

@@ -34,7 +34,7 @@ from gateway.daemon import Daemon
 from gateway.devprofile import Table
 from gateway.errors import DeviceTimeout
 from gateway.modbus_line import Priority
-from gateway.modbus_transport import check_reply, read_request, write_request
+from gateway.modbus_transport import check_reply, read_request, write_coil_request, write_request
 from gateway.poller import MeterSink
 from gateway.settings import Config
 from gateway.simulator.dispatch import respond
@@ -59,14 +59,21 @@ class DirectLine:
         self.clock = clock
 
     async def read(self, unit: int, table: Table, address: int, count: int, *, timeout_s: float, gap_s: float = 0.0,
-                   priority: Priority = Priority.POLL) -> list[int]:
-        return self._serve(read_request(unit, table, address, count, UNITS))
+                   priority: Priority = Priority.POLL, repeat: int = 1) -> list[int]:
+        return self._serve(read_request(unit, table, address, count, UNITS), repeat)
 
     async def write(self, unit: int, address: int, values: Sequence[int], *, multiple: bool, timeout_s: float,
-                    gap_s: float = 0.0, priority: Priority = Priority.COMMAND) -> None:
-        self._serve(write_request(unit, address, values, multiple, UNITS))
+                    gap_s: float = 0.0, priority: Priority = Priority.COMMAND, repeat: int = 1) -> None:
+        self._serve(write_request(unit, address, values, multiple, UNITS), repeat)
 
-    def _serve(self, request: ModbusPDU) -> list[int]:
+    async def write_coil(self, unit: int, address: int, on: bool, *, timeout_s: float, gap_s: float = 0.0,
+                         priority: Priority = Priority.COMMAND, repeat: int = 1) -> None:
+        self._serve(write_coil_request(unit, address, on, UNITS), repeat)
+
+    def _serve(self, request: ModbusPDU, repeat: int) -> list[int]:
+        """As ModbusLine does: the request `repeat` times, and the last answer counts."""
+        for _ in range(repeat - 1):
+            respond({self.slave.unit: self.slave}, request, self.clock.monotonic(), broadcast=False)
         reply = respond({self.slave.unit: self.slave}, request, self.clock.monotonic(), broadcast=False)
         if reply is None:
             raise DeviceTimeout(f"unit {self.slave.unit} did not answer")

@@ -96,8 +96,15 @@ class SlaveEvent:
 
 
 def _candidates(want: str) -> tuple[str, ...]:
-    """The codes that show pilot `want`, best first: itself, the bare letter, then the letter with either digit."""
-    return (want,) if want == "F" else (want, want[0], f"{want[0]}2", f"{want[0]}1")
+    """The codes that show pilot `want`, best first: itself, the bare letter, then the letter with either digit.
+
+    An EV asking for current that is not offered (C1) shows as B1 where the device
+    has no C1 before it shows as C2: ABL's 0xB1 is "EV is asking for charging"
+    (reference §2), and C2 would claim current is offered.
+    """
+    if want == "F":
+        return (want,)
+    return (want, want[0]) + (("B1",) if want == "C1" else ()) + (f"{want[0]}2", f"{want[0]}1")
 
 
 def _inverse_states(profile: Profile) -> dict[str, int | str]:
@@ -552,8 +559,7 @@ class SimSlave:
         if limit is None or (spec.table is Table.HOLDING and spec.address == limit.address):
             return None
         if self.profile.pause_raw is not None and self._stored_words(limit.address, limit.type.words) == [self.profile.pause_raw]:
-            duty = 100.0  # no PWM: nothing offered
-            physical = duty if spec.convert is Conversion.PWM_DUTY else 0.0
+            physical = 100.0 if spec.convert is Conversion.PWM_DUTY else 0.0  # 100 % duty: no PWM, nothing offered
         else:
             physical = self._register(limit)  # duty % for a PWM-duty register, else A
             if (spec.convert is Conversion.PWM_DUTY) != (limit.convert is Conversion.PWM_DUTY):
@@ -576,6 +582,8 @@ class SimSlave:
             return self._voltage(int(spec.name[-1]))
         if spec.name in ROLES:
             return None
+        if spec.name in _PLAUSIBLE:
+            return _PLAUSIBLE[spec.name]
         for check in self.profile.identify:  # a value the bus scan checks reads as this model's
             if check.value == spec.name and check.pattern is None:
                 if check.one_of:
@@ -584,8 +592,6 @@ class SimSlave:
                     return check.min if check.min is not None else check.max
         if spec.table is Table.HOLDING:
             return None
-        if spec.name in _PLAUSIBLE:
-            return _PLAUSIBLE[spec.name]
         if spec.unit in ("°C", "C", "degC"):
             return _PCB_TEMPERATURE_C
         return None
