@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import gateway
-from gateway.errors import ConfigError, GatewayError
+from gateway.devprofile import Framing, Profile
+from gateway.errors import ConfigError, ConfigIssue, GatewayError
+from gateway.settings import BusSettings
 
 EX_CONFIG = ConfigError.exit_code
+EX_UNAVAILABLE = 69  # sysexits.h: a serial line or service cannot be opened
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -134,10 +137,92 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_scan(args: argparse.Namespace) -> int:
-    from gateway.scan import main as scan_main
+def _scan_issue(option: str, message: str) -> ConfigError:
+    return ConfigError([ConfigIssue("command line", None, option, message)])
 
-    return scan_main(args)
+
+def _scan_bus(args: argparse.Namespace) -> tuple[BusSettings, list[tuple[str, int]], dict[str, Profile]]:
+    """The bus to scan (from -c CONFIG by name, or from the line options), its TCP endpoints, the config's profiles."""
+    from gateway.profile_loader import BAUDRATES, BYTESIZES, PARITIES, STOPBITS
+    from gateway.scan import parse_ports
+
+    ports = set(args.tcp_port or ())
+    if args.port_range:
+        try:
+            ports.update(parse_ports(args.port_range))
+        except ValueError as exc:
+            raise _scan_issue("--port-range", str(exc)) from None
+    line_options = {"--port": args.port, "--baud": args.baud, "--parity": args.parity, "--stopbits": args.stopbits,
+                    "--bytesize": args.bytesize, "--framing": args.framing}
+    profiles: dict[str, Profile] = {}
+    if args.config:
+        if given := [option for option, value in line_options.items() if value is not None]:
+            raise _scan_issue(given[0], "the line settings come from the config's bus; give either -c or line options")
+        config = _load(args.config)
+        names = [b.name for b in config.buses]
+        name = args.bus or (names[0] if len(names) == 1 else None)
+        if name not in names:
+            what = f"no bus named {name!r}" if name else "name the bus to scan"
+            raise _scan_issue("BUS", f"{what}; buses in {args.config}: {', '.join(names)}")
+        bus = config.bus(name)
+        on_bus = [c for c in config.connectors if c.bus == name and c.host]
+        hosts = args.host or sorted({c.host for c in on_bus})
+        ports = ports or {c.port for c in on_bus}
+        profiles = dict(config.profiles)
+    else:
+        framing = Framing(args.framing) if args.framing else Framing.TCP if args.host else Framing.RTU
+        serial = framing is not Framing.TCP
+        bus = BusSettings(
+            name=args.bus or ("rs485" if serial else "lan"), kind=framing, port=args.port if serial else None,
+            baudrate=19200 if args.baud is None else args.baud,
+            parity="E" if args.parity is None else args.parity.upper(),  # Modbus over serial line §2.5.1: even by default
+            stopbits=1 if args.stopbits is None else args.stopbits,
+            bytesize=8 if args.bytesize is None else args.bytesize,
+        )
+        hosts = args.host or []
+    issues = [
+        ConfigIssue("command line", None, option, f"{value} is not one of {', '.join(map(str, allowed))}")
+        for option, value, allowed in (
+            ("--baud", bus.baudrate, BAUDRATES), ("--parity", bus.parity, PARITIES),
+            ("--stopbits", bus.stopbits, STOPBITS), ("--bytesize", bus.bytesize, BYTESIZES),
+        )
+        if value not in allowed
+    ]
+    if args.host and bus.kind is not Framing.TCP:
+        issues.append(ConfigIssue("command line", None, "--host", f"bus {bus.name} is a {bus.kind.value} line, not tcp"))
+    if args.first_id < 1:
+        issues.append(ConfigIssue("command line", None, "--first-id", "connector ids start at 1 (OCPP 1.6 §3.7)"))
+    if issues:
+        raise ConfigError(issues)
+    endpoints = [(h, p) for h in hosts for p in sorted(ports or {502})] if bus.kind is Framing.TCP else []
+    return bus, endpoints, profiles
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """`scan`: 0 a device answered, 1 none did, 78 a config or option error, 69 the line cannot be opened."""
+    import json
+
+    from gateway.errors import LineUnavailable
+    from gateway.modbus_transport import SERIAL_UNITS, TCP_UNITS
+    from gateway.scan import load_candidates, parse_units, plan_scan, run_scan
+    from gateway.scan_report import render_yaml, to_json
+
+    bus, endpoints, configured = _scan_bus(args)
+    units: tuple[int, ...] = ()
+    if args.units:
+        try:
+            units = parse_units(args.units, TCP_UNITS if bus.kind is Framing.TCP else SERIAL_UNITS)
+        except ValueError as exc:
+            raise _scan_issue("--units", str(exc)) from None
+    margin = None if args.margin_ms is None else args.margin_ms / 1000
+    plan = plan_scan(bus, load_candidates(args.dir, configured).values(), units=units, endpoints=endpoints, margin_s=margin)
+    try:
+        result = asyncio.run(run_scan(plan))
+    except LineUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    print(json.dumps(to_json(result, args.first_id), indent=2) if args.json else render_yaml(result, args.first_id), end="\n" if args.json else "")
+    return 0 if result.devices else 1
 
 
 def _add_scan(sub: Any) -> None:
