@@ -485,7 +485,7 @@ class _Checks:
 
     def timing(self) -> None:
         """Worst case, every device on a line is dead: each costs its inter-frame gap plus one
-        request timeout per round (the poller gives up on a device at its first failed read), and
+        request timeout per round, times its profile's `repeat` (the poller gives up on a device at its first failed read), and
         the devices of one line take turns. That round must fit in the poll period, or the live
         devices are polled late and their watchdogs may trip. A serial bus is one line; on a tcp
         bus each host:port is its own line, polled side by side with the others."""
@@ -505,13 +505,14 @@ class _Checks:
                 )
                 lines.setdefault(endpoint, []).append(profile)
             for line in lines.values():
-                worst = sum(p.inter_frame_delay_s + (override or p.request_timeout_s) for p in line)
+                # A device that wants every request sent `repeat` times (ABL) costs each send.
+                worst = sum(p.repeat * (p.inter_frame_delay_s + (override or p.request_timeout_s)) for p in line)
                 if worst > poll + 1e-9:
                     key = "request_timeout_s" if override is not None else "poll_interval_s"
                     self.error(
                         ("buses", index, key),
                         f"a round over {len(line)} dead device(s) takes {worst:.2f} s (gap + request timeout"
-                        f" each), longer than poll_interval_s {poll:g} s",
+                        f" each, times repeat), longer than poll_interval_s {poll:g} s",
                     )
                     break
             for p in {p.name: p for p in devices}.values():

@@ -497,12 +497,23 @@ def test_tcp_devices_share_a_poll_round_only_behind_one_endpoint(tmp_path: Path)
         (
             5,
             "buses[1].poll_interval_s",
-            "a round over 2 dead device(s) takes 0.80 s (gap + request timeout each), longer than poll_interval_s 0.5 s",
+            "a round over 2 dead device(s) takes 0.80 s (gap + request timeout each, times repeat), longer than poll_interval_s 0.5 s",
         )
     ]
     other_gateway = C2.replace("id: 3", "id: 4").replace("gw-a", "gw-b")
     config, warnings = load_config_with_warnings(write(tmp_path, fast.replace(C2, C2 + other_gateway)))
     assert len(config.connectors) == 4 and warnings == []
+
+
+def test_a_device_that_repeats_its_requests_costs_each_send(tmp_path: Path) -> None:
+    """ABL (repeat 2, 500 ms timeout): a dead box costs 1 s of the round, so two do not fit in 1.5 s."""
+    abl = BASE.replace("  - {name: line1, kind: rtu, port: /dev/ttyS1, parity: E, poll_interval_s: 2}", "  - {name: line1, kind: ascii, port: /dev/ttyS1, baudrate: 38400, parity: E, poll_interval_s: 1.5}")
+    abl = abl.replace("unit: 1, profile: heidelberg-energy-control}\n  - {id: 2, bus: line1, unit: 2, profile: heidelberg-energy-control}", "unit: 1, profile: abl-emh, meter: {bus: meters, unit: 1, profile: eastron-sdm630}}\n  - {id: 2, bus: line1, unit: 2, profile: abl-emh, meter: {bus: meters, unit: 2, profile: eastron-sdm630}}")
+    abl = abl.replace(B1, B1 + "  - {name: meters, kind: rtu, port: /dev/ttyS2, baudrate: 9600, parity: N, poll_interval_s: 2}\n")
+    found = [(path, message) for _, path, message in faults(write(tmp_path, abl))]
+    assert found == [("buses[0].poll_interval_s", "a round over 2 dead device(s) takes 2.00 s (gap + request timeout each, times repeat), longer than poll_interval_s 1.5 s")]
+    config, _ = load_config_with_warnings(write(tmp_path, abl.replace("poll_interval_s: 1.5", "poll_interval_s: 2")))
+    assert [c.meter.unit for c in config.connectors if c.meter] == [1, 2]
 
 
 def test_a_meter_on_another_bus_and_the_outlets_of_one_controller(tmp_path: Path) -> None:
