@@ -1,4 +1,5 @@
-"""Suite-wide safety net: a test that fails before closing its Store must not hang the run.
+"""Suite-wide fixtures: a raw pty pair for serial-line tests, and a safety net: a test that
+fails before closing its Store must not hang the run.
 
 aiosqlite serves each connection from a non-daemon thread, so a Store left open keeps the
 interpreter from exiting after the last test. Every Store a test opens is closed after it.
@@ -6,7 +7,9 @@ interpreter from exiting after the last test. Every Store a test opens is closed
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import tty
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -27,3 +30,15 @@ async def _close_stores(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     yield
     for store in opened:
         await store.close()  # closing twice is harmless in aiosqlite
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[tuple[int, str]]:
+    """(master fd, slave path) of a raw pty: the line opens the path, whatever plays the slaves sits on the master end."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        yield master, os.ttyname(slave)
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -18,7 +18,6 @@ import random
 import select
 import threading
 import time
-import tty
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +30,7 @@ from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
 from gateway.devprofile import Framing, ReadBlock, Table
 from gateway.errors import DeviceTimeout, FrameError
-from gateway.modbus_line import ModbusLine, SerialLine
+from gateway.modbus_line import SerialLine
 from gateway.modbus_transport import SERIAL_UNITS, ReplyReader, check_reply, new_framer, read_request
 from gateway.profile_loader import builtin_profile_dir, load_profile
 from gateway.registers import decode_reading
@@ -39,6 +38,7 @@ from gateway.settings import BusSettings
 from gateway.simulator.ev import EvModel, EvTiming
 from gateway.simulator.serial_server import PtyLink, serve_line
 from gateway.simulator.slave import SimSlave, TimeScale
+from tests.lines import running
 
 # evcc issue #32436: what evcc sent an ABL eMH and what it answered (long status, registers 0x2E..0x32).
 CAPTURED_REQUEST = b":0103002E0005C9\r\n"
@@ -55,15 +55,6 @@ def captured_read():
     return read_request(1, Table.HOLDING, 0x2E, 5, SERIAL_UNITS)
 
 
-@contextlib.asynccontextmanager
-async def running(line: ModbusLine) -> AsyncIterator[None]:
-    task = asyncio.create_task(line.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 # --- the pure path: our request bytes, the reply reader ---------------------------------
@@ -131,16 +122,6 @@ def test_any_registers_round_trip_with_either_start(unit: int, address: int, val
 # --- a real pty, an independent responder ------------------------------------------------
 
 
-@pytest.fixture
-def pty_pair() -> Iterator[tuple[int, str]]:
-    """(master fd, slave path) of a raw pty; the responder sits on the master end."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    try:
-        yield master, os.ttyname(slave)
-    finally:
-        os.close(master)
-        os.close(slave)
 
 
 class LiteralResponder(threading.Thread):

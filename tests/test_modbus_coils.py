@@ -25,7 +25,7 @@ from pymodbus.pdu.bit_message import ReadCoilsResponse, WriteSingleCoilResponse
 
 from gateway.devprofile import Framing, ReadBlock, Table
 from gateway.errors import DeviceException, DeviceTimeout, FrameError
-from gateway.modbus_line import ModbusLine, TcpEndpoint
+from gateway.modbus_line import TcpEndpoint
 from gateway.modbus_transport import (
     MAX_COIL_READ_COUNT,
     SERIAL_UNITS,
@@ -42,6 +42,7 @@ from gateway.simulator.dispatch import respond_to_frame
 from gateway.simulator.ev import EvModel, EvTiming
 from gateway.simulator.slave import ILLEGAL_DATA_ADDRESS, SimSlave, SlaveException, TimeScale
 from gateway.simulator.tcp_server import open_tcp_server
+from tests.lines import running
 from tests.loopback import free_port
 
 # modbus-tk 1.1.5 still calls threading.Event.isSet().
@@ -50,15 +51,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:isSet:DeprecationWarning")
 COILS = [1, 0, 1, 1, 0, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1, 0, 1]  # 20 coils at 0..19
 
 
-@contextlib.asynccontextmanager
-async def running(line: ModbusLine) -> AsyncIterator[None]:
-    task = asyncio.create_task(line.run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @contextlib.asynccontextmanager

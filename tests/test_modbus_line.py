@@ -21,8 +21,7 @@ import socket
 import struct
 import termios
 import time
-import tty
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,7 +47,6 @@ from gateway.errors import (
     LineUnavailable,
 )
 from gateway.modbus_line import (
-    ModbusLine,
     Priority,
     SerialLine,
     TcpEndpoint,
@@ -73,6 +71,7 @@ from gateway.settings import (
     StorageSettings,
 )
 from gateway.wiretime import t35_s
+from tests.lines import running
 from tests.loopback import free_port
 
 # modbus-tk 1.1.5 still calls threading.Event.isSet().
@@ -92,16 +91,6 @@ def serial_bus(path: str, framing: Framing = Framing.RTU, baudrate: int = 19200,
     return BusSettings(name="rs485", kind=framing, port=path, baudrate=baudrate, parity=parity)
 
 
-@contextlib.asynccontextmanager
-async def running(*lines: ModbusLine) -> AsyncIterator[None]:
-    """Run the lines' owner tasks in a TaskGroup, as the daemon does, and stop them afterwards."""
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(line.run()) for line in lines]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
 
 
 async def until(predicate, within: float = 3.0) -> None:
@@ -110,16 +99,6 @@ async def until(predicate, within: float = 3.0) -> None:
             await asyncio.sleep(0.005)
 
 
-@pytest.fixture
-def pty_pair() -> Iterator[tuple[int, str]]:
-    """(master fd, slave path) of a raw pty; the test's slave sits on the master end."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    try:
-        yield master, os.ttyname(slave)
-    finally:
-        os.close(master)
-        os.close(slave)
 
 
 # --- modbus-tk on a pty ---------------------------------------------------------

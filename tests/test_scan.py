@@ -14,8 +14,7 @@ import contextlib
 import json
 import os
 import sys
-import tty
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -112,16 +111,6 @@ def site_config(tmp_path: Path, bus_yaml: str, block: str) -> Path:
     return path
 
 
-@pytest.fixture
-def pty_pair() -> Iterator[tuple[int, str]]:
-    """(master fd, slave path) of a raw pty; whatever plays the slaves sits on the master end."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    try:
-        yield master, os.ttyname(slave)
-    finally:
-        os.close(master)
-        os.close(slave)
 
 
 # --- the pure part ---------------------------------------------------------------------
