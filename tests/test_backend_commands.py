@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import modbus_tk.defines as mbtk
 import pytest
@@ -92,11 +93,20 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def daemon_on_simulator(config: Config) -> AsyncIterator[tuple[Daemon, asyncio.Task[None]]]:
-    """The simulated slaves of `config` and the daemon over them, both in this process."""
+async def daemon_on_simulator(
+    config: Config, on_event: Callable[[dict[str, Any]], None] | None = None
+) -> AsyncIterator[tuple[Daemon, asyncio.Task[None]]]:
+    """The simulated slaves of `config` (their events to `on_event`) and the daemon over them, both in this process.
+
+    A config the simulator cannot play fails here with the simulator's error, not as a hang.
+    """
     ready = asyncio.Event()
-    sim = asyncio.create_task(run_simulation(config, ready=ready))
-    await ready.wait()
+    sim = asyncio.create_task(run_simulation(config, ready=ready, on_event=on_event))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({sim, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if sim.done():
+        sim.result()
     store = await Store.open(config.storage.path)
     daemon = Daemon(config, store, Clock())
     await daemon.recover()

@@ -17,22 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from gateway.clock import Clock
 from gateway.config import load_config_with_warnings
-from gateway.daemon import Daemon
 from gateway.devprofile import Framing, Profile
 from gateway.profile_loader import available_profiles, load_profile
 from gateway.settings import Config
-from gateway.simulator import run_simulation
-from gateway.store import Store
 from tests.loopback import free_port
+from tests.test_backend_commands import daemon_on_simulator
 
 PROFILES = {name: load_profile(path) for name, path in available_profiles().items()}
 CHARGERS = sorted(name for name, p in PROFILES.items() if p.kind == "charger")
@@ -51,7 +47,7 @@ def _unit(profile: Profile) -> int:
 
 def _poll_interval(*devices: Profile) -> float:
     """Long enough for a round over the line's devices all dead (the config check), and at least 0.5 s."""
-    return round(max(0.5, sum(p.inter_frame_delay_s + p.request_timeout_s for p in devices) + 0.05), 2)
+    return round(max(0.5, sum(p.repeat * (p.inter_frame_delay_s + p.request_timeout_s) for p in devices) + 0.05), 2)
 
 
 def session_config(tmp_path: Path, name: str, with_meter: bool = False) -> Config:
@@ -97,33 +93,6 @@ def session_config(tmp_path: Path, name: str, with_meter: bool = False) -> Confi
     return config
 
 
-@contextlib.asynccontextmanager
-async def daemon_with_events(config: Config) -> AsyncIterator[tuple[list[dict[str, Any]], asyncio.Task[None]]]:
-    """The simulated slaves of `config` (their events collected) and the daemon over them, in this process.
-
-    As tests.test_backend_commands.daemon_on_simulator, with the simulator's events kept.
-    """
-    events: list[dict[str, Any]] = []
-    ready = asyncio.Event()
-    sim = asyncio.create_task(run_simulation(config, ready=ready, on_event=events.append))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({sim, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if sim.done():
-        sim.result()  # the simulator could not play the config: its error
-    store = await Store.open(config.storage.path)
-    daemon = Daemon(config, store, Clock())
-    await daemon.recover()
-    task = asyncio.create_task(daemon.run())
-    try:
-        yield events, task
-    finally:
-        for t in (task, sim):
-            t.cancel()
-        await asyncio.gather(task, sim, return_exceptions=True)
-        await store.close()
-
-
 def closed_sessions(db: Path) -> list[tuple[int, str, int, int]]:
     """(connector, idTag, meterStart, meterStop) of every closed session in the daemon's store, read directly."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
@@ -153,7 +122,8 @@ async def test_a_session_on_the_simulated_box_is_committed_with_its_energy(tmp_p
     config = session_config(tmp_path, name, with_meter)
     assert (config.connectors[0].meter is not None) == (with_meter or "energy" not in PROFILES[name].values)
     db = config.storage.path
-    async with daemon_with_events(config) as (events, daemon):
+    events: list[dict[str, Any]] = []
+    async with daemon_on_simulator(config, on_event=events.append) as (_, daemon):
         async with asyncio.timeout(30):
             while not (db.exists() and closed_sessions(db)):
                 if daemon.done():
