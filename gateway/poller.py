@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from gateway import ocpp_messages, registers
 from gateway.clock import Clock
-from gateway.devprofile import Profile, ReadBlock, Table, ValueSpec
+from gateway.devprofile import Profile, ReadBlock, Table
 from gateway.errors import DeviceError
 from gateway.modbus_line import ModbusLine, Priority
 from gateway.reading import Reading
@@ -71,17 +71,6 @@ def with_meter(charger: Reading, meter: Reading) -> Reading:
         voltage_v=meter.voltage_v,
         extra=extra,
     )
-
-
-def readback_offer(profile: Profile, amperes: float) -> float:
-    """What a charger reads back as offered once told to offer `amperes`: 0 for a pause, else the
-    current the written register stands for (ABL: 16 A is duty 26.6 %, raw 266, which offers 15.96 A)."""
-    spec = profile.current_limit
-    if spec is None or amperes < profile.min_current_a:
-        return 0.0
-    as_read = ValueSpec("current_limit", Table.HOLDING, spec.address, spec.type, spec.word_order, spec.scale, convert=spec.convert)
-    value = registers.decode_value(as_read, registers.encode_value(spec, amperes))
-    return 0.0 if value is None or value < profile.min_current_a else value
 
 
 class ConnectorPoller:
@@ -244,7 +233,7 @@ class ConnectorPoller:
         if writes:
             log.info("connector %d: set up the slave: %s", self.settings.id, "; ".join(w.note or f"holding {w.address}" for w in writes))
         if self.profile.watchdog is not None and self.profile.watchdog.failsafe_current is not None:
-            self._failsafe_written = self._offer_of(registers.chargeable_current(self.profile, self.failsafe_a))
+            self._failsafe_written = registers.offer(self.profile, registers.chargeable_current(self.profile, self.failsafe_a))
         self._kept_alive_at = None  # a (re)found slave gets its keepalive at once
 
     async def _apply_current_limit(self, reading: Reading) -> float:
@@ -265,7 +254,7 @@ class ConnectorPoller:
             limit = await self._limit_source(self.settings.id) if self._limit_source else None
             # IEC 61851-1: below 6 A the EV must pause, not trickle
             wanted = registers.chargeable_current(profile, self.max_current_a if limit is None else min(self.max_current_a, limit))
-        target = readback_offer(profile, wanted)
+        target = registers.readback_offer(profile, wanted)
         offered = registers.offered_current(profile, reading)
         if offered is None:
             offered = self._written_offer
@@ -304,10 +293,6 @@ class ConnectorPoller:
             log.warning("connector %d: keepalive (%s) not written: %s", self.settings.id, watchdog.keepalive, exc)
             return
         self._kept_alive_at = now
-
-    def _offer_of(self, limit_a: float) -> float:
-        """The current a limit register value offers: below the minimum is a pause (IEC 61851-1 Table A.8)."""
-        return limit_a if limit_a >= self.profile.min_current_a else 0.0
 
     async def _sample(self, reading: Reading, wall: float) -> None:
         """MeterValues every MeterValueSampleInterval from the start of the transaction (OCPP 1.6 §4.7)."""

@@ -311,6 +311,11 @@ def control_writes(profile: Profile, amperes: float) -> list[RegisterWrite]:
     return writes
 
 
+def offer(profile: Profile, amperes: float) -> float:
+    """The current a limit offers: below the minimum is a pause (IEC 61851-1 Table A.8: no duty cycle offers less)."""
+    return amperes if amperes >= profile.min_current_a else 0.0
+
+
 def offered_current(profile: Profile, reading: Reading) -> float | None:
     """What a charger offers by what it reads back: 0 when its enable is off or its limit is a pause; None: unknown."""
     if reading.charging_enabled is False:
@@ -318,7 +323,23 @@ def offered_current(profile: Profile, reading: Reading) -> float | None:
     applied = reading.applied_limit_a
     if applied is None or (profile.enable is not None and reading.charging_enabled is None):
         return None
-    return applied if applied >= profile.min_current_a else 0.0
+    return offer(profile, applied)
+
+
+def decode_written(spec: WriteSpec, words: Sequence[int]) -> float | None:
+    """A written register's words read back as the value they stand for (scale and conversion applied)."""
+    as_read = ValueSpec("written", Table.HOLDING, spec.address, spec.type, spec.word_order, spec.scale, convert=spec.convert)
+    return decode_value(as_read, words)
+
+
+def readback_offer(profile: Profile, amperes: float) -> float:
+    """What a charger reads back as offered once told to offer `amperes`: 0 for a pause, else the current
+    the written register stands for (ABL: 16 A is duty 26.6 %, raw 266, which offers 15.96 A)."""
+    spec = profile.current_limit
+    if spec is None or amperes < profile.min_current_a:
+        return 0.0
+    value = decode_written(spec, encode_value(spec, amperes))
+    return 0.0 if value is None else offer(profile, value)
 
 
 def keepalive_writes(profile: Profile, amperes: float) -> list[RegisterWrite]:

@@ -14,7 +14,6 @@ import pytest
 
 from gateway import registers
 from gateway.devprofile import ReadBlock, StateRule, Table
-from gateway.poller import readback_offer
 from gateway.profile_loader import available_profiles, load_profile
 from gateway.reading import PilotState, Reading
 from gateway.simulator.ev import EvModel, EvTiming
@@ -98,7 +97,7 @@ def test_every_charger_profile_decodes_to_what_the_slave_shows(name: str) -> Non
         assert shows(reading, s.pilot_code()), (now, s.pilot_code(), reading.state, reading.vendor_state)
         offered = registers.offered_current(s.profile, reading)
         assert offered is None or offered == pytest.approx(s.offered_a)
-        assert s.offered_a == pytest.approx(readback_offer(s.profile, amperes))
+        assert s.offered_a == pytest.approx(registers.readback_offer(s.profile, amperes))
         if "energy" in s.profile.values:
             assert reading.energy_wh is not None and int(reading.energy_wh) == s._energy_register(s.ev.energy_wh)
     assert [e.kind for e in events][:2] == ["plug", "paused"] and "charging" in [e.kind for e in events]
@@ -112,7 +111,7 @@ def test_abl_current_is_a_pwm_duty_that_reads_back_as_the_gateway_decodes_it() -
     assert s.read(Table.HOLDING, 0x14, 1, 0.1) == [266]  # left at 16 A by a previous master: 26.6 % duty
     reading = poll(s, 0.2)
     assert reading.applied_limit_a == pytest.approx(15.96) and s.offered_a == pytest.approx(15.96)
-    assert readback_offer(s.profile, 16) == pytest.approx(15.96), "the poller does not write 16 A again"
+    assert registers.readback_offer(s.profile, 16) == pytest.approx(15.96), "the poller does not write 16 A again"
     control(s, 0, 0.3)
     assert s.read(Table.HOLDING, 0x14, 1, 0.4) == [0x03E8] and s.offered_a == 0  # pause_raw: no PWM
     assert poll(s, 0.5).applied_limit_a == 0

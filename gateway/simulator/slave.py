@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from gateway.devprofile import INT_RANGES, ROLES, Conversion, DataType, Profile, StateRule, Table, ValueSpec, WriteSpec
 from gateway.pwm import amps_to_duty, duty_to_amps
-from gateway.registers import decode_raw, decode_value, encode_raw, encode_string, encode_value
+from gateway.registers import decode_raw, decode_value, decode_written, encode_raw, encode_string, encode_value
 from gateway.simulator.ev import Activity, EvEvent, EvModel
 
 # Modbus application protocol §7: exception codes a slave answers with.
@@ -186,11 +186,6 @@ def _rule_states(profile: Profile) -> dict[str, dict[str, int]]:
             if want != "F":
                 raise ValueError(f"profile {profile.name}: no state rule can yield pilot {want}")
     return table
-
-
-def _as_value(spec: WriteSpec) -> ValueSpec:
-    """A written register read back as a value: the same words, scale and conversion."""
-    return ValueSpec("written", Table.HOLDING, spec.address, spec.type, spec.word_order, spec.scale, convert=spec.convert)
 
 
 class SimSlave:
@@ -429,7 +424,7 @@ class SimSlave:
         words = self._stored_words(spec.address, spec.type.words)
         if spec is self.profile.current_limit and self.profile.pause_raw is not None and words == [self.profile.pause_raw]:
             return 0.0
-        amperes = decode_value(_as_value(spec), words)
+        amperes = decode_written(spec, words)
         # IEC 61851-1 Table A.8: no PWM duty cycle offers less than 6 A, so below the minimum is a pause.
         if amperes is None or amperes < self.profile.min_current_a:
             return 0.0
