@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.devprofile import (
+    INT_RANGES,
     ROLES,
     Conversion,
     DataType,
@@ -151,8 +152,33 @@ def encode_value(spec: ValueSpec | WriteSpec, value: float) -> list[int]:
         if spec.type.integer:
             raw = round(raw)
     if isinstance(spec, ValueSpec) and spec.bits is not None:
-        raw = int(raw) << spec.bits[0]
+        return insert_field(spec, [0] * spec.type.words, raw)
     return encode_raw(raw, spec.type, spec.word_order)
+
+
+# The unsigned type of each register width: a bit field is cut from, and put into, the plain bits.
+_UNSIGNED = {1: DataType.U16, 2: DataType.U32, 4: DataType.U64}
+
+
+def field_range(spec: ValueSpec) -> tuple[int, int]:
+    """The raw values an integer value can take: its bit field's, else its type's."""
+    if spec.bits is not None:
+        return 0, (1 << (spec.bits[1] - spec.bits[0] + 1)) - 1
+    return INT_RANGES[spec.type]
+
+
+def insert_field(spec: ValueSpec, words: Sequence[int], raw: int | float) -> list[int]:
+    """`words` (the value's registers, wire order) with `raw` put into the value's bits; the other bits kept.
+
+    A value without a bit range takes the whole registers. The inverse of raw_value's cut.
+    """
+    if spec.bits is None:
+        return encode_raw(raw, spec.type, spec.word_order)
+    unsigned = _UNSIGNED[spec.type.words]
+    low, high = spec.bits
+    mask = ((1 << (high - low + 1)) - 1) << low
+    current = int(decode_raw(words, unsigned, spec.word_order))
+    return encode_raw((current & ~mask) | ((int(raw) << low) & mask), unsigned, spec.word_order)
 
 
 def words_of(spec: ValueSpec, blocks: Mapping[ReadBlock, Sequence[int]]) -> Sequence[int]:

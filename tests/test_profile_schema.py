@@ -35,7 +35,9 @@ from gateway.registers import (
     decode_value,
     encode_string,
     encode_value,
+    field_range,
     identify_matches,
+    insert_field,
     keepalive_writes,
     offered_current,
 )
@@ -316,3 +318,15 @@ def test_a_float_of_nan_is_not_available() -> None:
     current = ValueSpec("current_l2", Table.HOLDING, 322, DataType.F32, unit="A")
     assert decode_value(current, [0xFFFF, 0xFFFF]) is None  # Alfen: an unused phase of a 1-phase socket
     assert decode_value(current, [0x4166, 0x6666]) == pytest.approx(14.4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 0xFFFF), st.integers(0, 15), st.integers(0, 15), st.integers(0, 0xFFFF))
+def test_a_field_goes_into_its_bits_and_leaves_the_others(word: int, a: int, b: int, raw: int) -> None:
+    spec = ValueSpec("field", Table.HOLDING, 0, bits=(min(a, b), max(a, b)))
+    low, high = field_range(spec)
+    raw = min(raw, high)
+    words = insert_field(spec, [word], raw)
+    assert decode_value(spec, words) == raw  # raw_value cuts out what insert_field put in
+    mask = ((1 << (spec.bits[1] - spec.bits[0] + 1)) - 1) << spec.bits[0]  # type: ignore[index]
+    assert words[0] & ~mask == word & ~mask and low == 0

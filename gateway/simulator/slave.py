@@ -37,7 +37,16 @@ from dataclasses import dataclass
 
 from gateway.devprofile import INT_RANGES, ROLES, Conversion, DataType, Profile, StateRule, Table, ValueSpec, WriteSpec
 from gateway.pwm import amps_to_duty, duty_to_amps
-from gateway.registers import decode_raw, decode_value, decode_written, encode_raw, encode_string, encode_value
+from gateway.registers import (
+    decode_raw,
+    decode_value,
+    decode_written,
+    encode_raw,
+    encode_string,
+    encode_value,
+    field_range,
+    insert_field,
+)
 from gateway.simulator.ev import Activity, EvEvent, EvModel
 
 # Modbus application protocol §7: exception codes a slave answers with.
@@ -62,7 +71,6 @@ _PCB_TEMPERATURE_C = 32.5  # a box at work in a garage
 _PLAUSIBLE = {"layout_version": 0x0108, "external_lock": 1.0, "remote_lock": 1.0}
 # The pilot codes a box shows in the simulation; F only when its watchdog fails safe.
 _PILOT_CODES = ("A1", "A2", "B1", "B2", "C1", "C2", "F")
-_UNSIGNED = {1: DataType.U16, 2: DataType.U32, 4: DataType.U64}
 
 
 class SlaveException(Exception):
@@ -125,13 +133,6 @@ def _inverse_states(profile: Profile) -> dict[str, int | str]:
     return table
 
 
-def value_range(spec: ValueSpec) -> tuple[int, int]:
-    """The raw values an integer value can take: its bit field's, else its type's."""
-    if spec.bits is not None:
-        return 0, (1 << (spec.bits[1] - spec.bits[0] + 1)) - 1
-    return INT_RANGES[spec.type]
-
-
 def solve_state_rules(rules: Sequence[StateRule], code: str, ranges: dict[str, tuple[int, int]]) -> dict[str, int] | None:
     """Raw values of the values the rules test that make them yield `code`; None if no rule can.
 
@@ -175,7 +176,7 @@ def _rule_states(profile: Profile) -> dict[str, dict[str, int]]:
     """Pilot code wanted -> raws of the values the state rules test; F only where a rule gives it."""
     if not profile.state_rules:
         return {}
-    ranges = {name: value_range(profile.values[name]) for rule in profile.state_rules for name in rule.when}
+    ranges = {name: field_range(profile.values[name]) for rule in profile.state_rules for name in rule.when}
     table: dict[str, dict[str, int]] = {}
     for want in _PILOT_CODES:
         for candidate in _candidates(want):
@@ -502,15 +503,8 @@ class SimSlave:
             raw = rules[spec.name] if spec.name in rules else self._raw(spec)
             if raw is None:
                 continue
-            if spec.bits is None:
-                words = encode_raw(raw, spec.type, spec.word_order)
-            else:
-                unsigned = _UNSIGNED[spec.type.words]
-                span = range(spec.address, spec.address + spec.type.words)
-                current = int(decode_raw([image.get(a, stored.get(a, 0)) for a in span], unsigned, spec.word_order))
-                low, high = spec.bits
-                mask = ((1 << (high - low + 1)) - 1) << low
-                words = encode_raw((current & ~mask) | ((int(raw) << low) & mask), unsigned, spec.word_order)
+            span = range(spec.address, spec.address + spec.type.words)
+            words = insert_field(spec, [image.get(a, stored.get(a, 0)) for a in span], raw)
             image.update(zip(range(spec.address, spec.address + len(words)), words, strict=True))
         return image
 
@@ -543,7 +537,7 @@ class SimSlave:
         plain = dataclasses.replace(spec, bits=None)
         raw = decode_raw(_encode_clamped(plain, value), spec.type, spec.word_order)
         if spec.bits is not None:
-            low, high = value_range(spec)
+            low, high = field_range(spec)
             raw = min(max(int(raw), low), high)
         return raw
 
