@@ -106,21 +106,21 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     """`profiles list`: every device profile, one line each; `profiles show NAME`: one profile's file."""
     import json
 
-    from gateway.profile_loader import available_profiles, load_profile
+    from gateway.profile_loader import available_profiles, load_profile, load_profiles
 
-    known = available_profiles([Path(d) for d in args.dir])
+    dirs = [Path(d) for d in args.dir]
     if args.action == "list":
-        rows = []
-        for name, path in known.items():
-            try:
-                profile = load_profile(path)
-            except ConfigError as exc:  # one broken site profile must not hide the others
-                rows.append({"name": name, "file": str(path), "error": str(exc.issues[0])})
-                continue
-            rows.append({
-                "name": name, "kind": profile.kind, "framing": profile.line.framing.value,
-                "description": profile.description, "file": str(path),
-            })
+        loaded, broken = load_profiles(dirs)
+        rows = [
+            {"name": name, "file": str(path), "error": str(exc.issues[0])} for name, (path, exc) in broken.items()
+        ] + [
+            {
+                "name": name, "kind": p.kind, "framing": p.line.framing.value,
+                "description": p.description, "file": str(p.source),
+            }
+            for name, p in loaded.items()
+        ]
+        rows.sort(key=lambda row: row["name"])
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -128,6 +128,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
                 what = f"error: {row['error']}" if "error" in row else f"{row['kind']:<8} {row['framing']:<6} {row['description']}"
                 print(f"{row['name']:<32} {what}")
         return 1 if any("error" in row for row in rows) else 0
+    known = available_profiles(dirs)
     if args.name not in known:
         print(f"error: unknown profile {args.name!r}; known: {', '.join(known)}", file=sys.stderr)
         return 1

@@ -36,6 +36,7 @@ from gateway.devprofile import (
     WordOrder,
     WriteSpec,
 )
+from gateway.errors import ConfigError
 from gateway.pwm import amps_to_duty
 from gateway.yamlschema import (
     DictOf,
@@ -274,6 +275,21 @@ def available_profiles(extra_dirs: Sequence[Path] = ()) -> dict[str, Path]:
         if directory.is_dir():
             found.update({p.stem: p for p in sorted(directory.glob("*.yaml")) if p.is_file()})
     return dict(sorted(found.items()))
+
+
+def load_profiles(extra_dirs: Sequence[Path] = ()) -> tuple[dict[str, Profile], dict[str, tuple[Path, ConfigError]]]:
+    """Every available profile, loaded: (name -> profile, name -> (file, its faults) for those that do not load).
+
+    One broken site profile must not hide the others (profiles list, the bus scan).
+    """
+    loaded: dict[str, Profile] = {}
+    broken: dict[str, tuple[Path, ConfigError]] = {}
+    for name, path in available_profiles(extra_dirs).items():
+        try:
+            loaded[name] = load_profile(path)
+        except ConfigError as exc:
+            broken[name] = (path, exc)
+    return loaded, broken
 
 
 def load_profile(path: Path) -> Profile:

@@ -485,12 +485,9 @@ def load_candidates(extra_dirs: Sequence[str], configured: dict[str, Profile]) -
 
     A broken site profile is skipped with a warning: it must not stop a scan of the others.
     """
-    from gateway.profile_loader import available_profiles, load_profile
+    from gateway.profile_loader import load_profiles
 
-    profiles: dict[str, Profile] = {}
-    for name, path in available_profiles([Path(d) for d in extra_dirs]).items():
-        try:
-            profiles[name] = load_profile(path)
-        except ConfigError as exc:
-            log.warning("profile %s skipped: %s", name, exc.issues[0])
-    return profiles | configured
+    loaded, broken = load_profiles([Path(d) for d in extra_dirs])
+    for name, (_, exc) in broken.items():
+        log.warning("profile %s skipped: %s", name, exc.issues[0])
+    return loaded | configured
