@@ -13,7 +13,6 @@ import random
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -23,7 +22,7 @@ from modbus_tk import hooks, modbus_tcp
 from pymodbus.pdu import DecodePDU
 from pymodbus.pdu.bit_message import ReadCoilsResponse, WriteSingleCoilResponse
 
-from gateway.devprofile import Framing, ReadBlock, Table
+from gateway.devprofile import Framing, Table
 from gateway.errors import DeviceException, DeviceTimeout, FrameError
 from gateway.modbus_line import TcpEndpoint
 from gateway.modbus_transport import (
@@ -40,7 +39,7 @@ from gateway.modbus_transport import (
 from gateway.profile_loader import builtin_profile_dir, load_profile
 from gateway.simulator.dispatch import respond_to_frame
 from gateway.simulator.ev import EvModel, EvTiming
-from gateway.simulator.slave import ILLEGAL_DATA_ADDRESS, SimSlave, SlaveException, TimeScale
+from gateway.simulator.slave import SimSlave, TimeScale
 from gateway.simulator.tcp_server import open_tcp_server
 from tests.lines import running
 from tests.loopback import free_port
@@ -162,42 +161,17 @@ async def test_repeat_discards_an_earlier_exception() -> None:
 # --- against our simulator's TCP server ----------------------------------------------------------
 
 
-class CoilSlave:
-    """A stand-in for SimSlave: a device with `n` coils (or only registers), that may drop its first request."""
-
-    def __init__(self, n: int, *, coils: bool = True, drop_first: bool = False) -> None:
-        self.coils = [0] * n
-        self.drop_first = drop_first
-        self.offered = 0
-        self.profile = SimpleNamespace(
-            line=SimpleNamespace(ascii_reply_start=":"),
-            inter_frame_delay_s=0.0,
-            blocks=(ReadBlock(Table.COIL if coils else Table.HOLDING, 0, n),),
-            values={},
-            enable=None,
-        )
-
-    def accepts(self, now: float) -> bool:
-        self.offered += 1
-        return not (self.drop_first and self.offered == 1)
-
-    def heard_from_master(self, now: float) -> None:
-        pass
-
-    def read(self, table: Table, address: int, count: int, now: float) -> list[int]:
-        if table is not Table.COIL or address + count > len(self.coils):
-            raise SlaveException(ILLEGAL_DATA_ADDRESS, f"{table.value} {address}+{count}")
-        return self.coils[address : address + count]
-
-    def write_coil(self, address: int, on: bool, now: float) -> None:
-        if address >= len(self.coils):
-            raise SlaveException(ILLEGAL_DATA_ADDRESS, f"coil {address}")
-        self.coils[address] = int(on)
+def sim_slave(profile: str, unit: int, *, idle_since_s: float = 0.0) -> SimSlave:
+    """The real simulated slave of a shipped profile; `idle_since_s`: the bus has been quiet that long (ABL bus idle)."""
+    now = time.monotonic()
+    ev = EvModel(random.Random(5), timing=EvTiming(idle_s=(600, 600), session_kwh=(30, 30)), start_energy_wh=0)
+    loaded = load_profile(builtin_profile_dir() / f"{profile}.yaml")
+    return SimSlave(connector=1, unit=unit, profile=loaded, ev=ev, clock=TimeScale(now), now=now - idle_since_s)
 
 
 @contextlib.asynccontextmanager
-async def simulated(slaves: dict[int, CoilSlave]) -> AsyncIterator[TcpEndpoint]:
-    server = await open_tcp_server("127.0.0.1", 0, slaves)  # type: ignore[arg-type]
+async def simulated(slaves: dict[int, SimSlave]) -> AsyncIterator[TcpEndpoint]:
+    server = await open_tcp_server("127.0.0.1", 0, slaves)
     serving = asyncio.create_task(server.serve())
     host, port = server.address
     line = TcpEndpoint("tcp/sim", host, port, reopen_min_s=0.05, reopen_max_s=0.2)
@@ -211,13 +185,16 @@ async def simulated(slaves: dict[int, CoilSlave]) -> AsyncIterator[TcpEndpoint]:
 
 
 async def test_simulator_serves_coils() -> None:
-    phoenix = CoilSlave(12)
-    async with simulated({180: phoenix, 1: CoilSlave(4, coils=False)}) as line:
-        await line.write_coil(180, 9, True, timeout_s=0.5)
-        assert phoenix.coils[9] == 1
-        assert await line.read(180, Table.COIL, 0, 12, timeout_s=0.5) == [0] * 9 + [1, 0, 0]
-        with pytest.raises(DeviceException) as caught:
-            await line.read(180, Table.COIL, 10, 3, timeout_s=0.5)
+    """Phoenix EM-CP-PP-ETH (unit 180): enable coil 400, read back by FC01; a Heidelberg has no coils."""
+    phoenix = sim_slave("phoenix-em-cp-pp-eth", 180)
+    async with simulated({180: phoenix, 1: sim_slave("heidelberg-energy-control", 1)}) as line:
+        await line.write_coil(180, 400, False, timeout_s=0.5)
+        assert await line.read(180, Table.COIL, 400, 1, timeout_s=0.5) == [0]
+        assert not phoenix.enabled and phoenix.offered_a == 0  # the enable coil gates the offer
+        await line.write_coil(180, 400, True, timeout_s=0.5)
+        assert await line.read(180, Table.COIL, 400, 1, timeout_s=0.5) == [1]
+        with pytest.raises(DeviceException) as caught:  # past the coils the profile has
+            await line.read(180, Table.COIL, 400, 3, timeout_s=0.5)
         assert caught.value.code == 2
         with pytest.raises(DeviceException) as caught:  # a device without coils does not know FC01
             await line.read(1, Table.COIL, 0, 1, timeout_s=0.5)
@@ -228,12 +205,14 @@ async def test_simulator_serves_coils() -> None:
 
 
 async def test_simulator_drops_a_request_silently_and_repeat_gets_past_it() -> None:
-    async with simulated({1: CoilSlave(8, drop_first=True), 2: CoilSlave(8, drop_first=True)}) as line:
+    """Two ABL boxes whose bus has been idle: each drops the first frame it hears (reference §2)."""
+    idle = {unit: sim_slave("abl-emh", unit, idle_since_s=5.0) for unit in (1, 2)}
+    async with simulated(idle) as line:
         with pytest.raises(DeviceTimeout):  # no reply at all, not an exception for a missing unit
-            await line.read(1, Table.COIL, 0, 8, timeout_s=0.1)
-        await line.write_coil(2, 3, True, timeout_s=0.1, repeat=2)
-        assert await line.read(2, Table.COIL, 0, 4, timeout_s=0.5) == [0, 0, 0, 1]
-    assert (line.stats.requests, line.stats.timeouts) == (4, 2)
+            await line.read(1, Table.HOLDING, 0x2E, 5, timeout_s=0.1)
+        status = await line.read(2, Table.HOLDING, 0x2E, 5, timeout_s=0.1, repeat=2)
+        assert status[0] >> 8 == 0x2E  # the register's echo byte: the second send was answered
+    assert (line.stats.requests, line.stats.timeouts) == (3, 2)
 
 
 async def test_gateway_switches_the_simulated_phoenix_enable_coil() -> None:
@@ -244,7 +223,7 @@ async def test_gateway_switches_the_simulated_phoenix_enable_coil() -> None:
     now = time.monotonic()
     ev = EvModel(random.Random(5), timing=EvTiming(idle_s=(0, 0), session_kwh=(30, 30)), start_energy_wh=0)
     slave = SimSlave(connector=1, unit=255, profile=profile, ev=ev, clock=TimeScale(now), now=now)
-    async with simulated({255: slave}) as line:  # type: ignore[dict-item]
+    async with simulated({255: slave}) as line:
         for on in (True, False, True):
             await line.write_coil(255, coil, on, timeout_s=0.5)
             assert await line.read(255, Table.COIL, coil, 1, timeout_s=0.5) == [int(on)]
@@ -254,14 +233,15 @@ async def test_gateway_switches_the_simulated_phoenix_enable_coil() -> None:
 
 
 def test_simulator_refuses_a_coil_value_other_than_on_or_off() -> None:
-    slave = CoilSlave(4)
+    slave = sim_slave("phoenix-em-cp-pp-eth", 180)
     decoder = DecodePDU(is_server=True)
-    for value, code in ((b"\x12\x34", 3), (b"\x00\x01", 3)):  # Modbus application protocol §6.5: FF00 or 0000
-        reply = respond_to_frame({1: slave}, decoder, 1, 0, b"\x05\x00\x01" + value, 1.0)  # type: ignore[dict-item]
-        assert reply is not None and reply.function_code == 0x85 and reply.exception_code == code
-    assert slave.coils == [0, 0, 0, 0]
-    reply = respond_to_frame({1: slave}, decoder, 1, 0, b"\x05\x00\x01\xff\x00", 1.0)  # type: ignore[dict-item]
-    assert reply is not None and reply.function_code == 5 and slave.coils == [0, 1, 0, 0]
+    coil = b"\x01\x90"  # 400
+    for value in (b"\x12\x34", b"\x00\x01"):  # Modbus application protocol §6.5: FF00 or 0000, else code 03
+        reply = respond_to_frame({180: slave}, decoder, 180, 0, b"\x05" + coil + value, time.monotonic())
+        assert reply is not None and reply.function_code == 0x85 and reply.exception_code == 3
+        assert slave.enabled  # unchanged: the box starts enabled
+    reply = respond_to_frame({180: slave}, decoder, 180, 0, b"\x05" + coil + b"\x00\x00", time.monotonic())
+    assert reply is not None and reply.function_code == 5 and not slave.enabled
 
 
 # --- the pure parts ------------------------------------------------------------------------------
