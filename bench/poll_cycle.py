@@ -40,7 +40,7 @@ from gateway.modbus_line import Priority, SerialLine
 def write_config(directory: Path, slaves: int, baud: int, gap_mode: str) -> Path:
     config = {
         "charge_point": {"identity": "BENCH", "vendor": "bench", "model": "bench"},
-        "backend": {"url": "ws://127.0.0.1:9/ocpp"},
+        "backend": {"url": "ws://127.0.0.1:9/ocpp", "insecure_lab_mode": True},
         "buses": [{"name": "rs485", "kind": "rtu", "port": str(directory / "tty"), "baudrate": baud, "parity": "N", "poll_interval_s": max(1.0, 0.45 * slaves)}],
         "connectors": [{"id": u, "bus": "rs485", "unit": u, "profile": "heidelberg-energy-control"} for u in range(1, slaves + 1)],
         "storage": {"path": str(directory / "bench.db")},

@@ -47,7 +47,7 @@ def write_config(directory: Path, baud: int) -> Path:
     meters = {1: (20, "eastron-sdm630"), 7: (21, "carlo-gavazzi-em340")}
     config = {
         "charge_point": {"identity": "BENCH", "vendor": "bench", "model": "bench"},
-        "backend": {"url": "ws://127.0.0.1:9/ocpp"},
+        "backend": {"url": "ws://127.0.0.1:9/ocpp", "insecure_lab_mode": True},
         "buses": [{"name": "rs485", "kind": "rtu", "port": str(directory / "tty"), "baudrate": baud, "parity": "N", "poll_interval_s": 3}],
         "connectors": [
             {"id": i, "bus": "rs485", "unit": unit, "profile": "heidelberg-energy-control",

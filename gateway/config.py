@@ -11,20 +11,20 @@ config/gateway.example.yaml describe each one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from gateway import config_uplink
 from gateway.devprofile import Framing, Profile
 from gateway.errors import ConfigError, ConfigIssue
 from gateway.ocpp_config import MEASURANDS
 from gateway.profile_loader import BAUDRATES, BYTESIZES, PARITIES, STOPBITS, available_profiles, load_profile
 from gateway.settings import (
     AuthorizationSettings,
-    BackendSettings,
     BusSettings,
     ChargePointInfo,
     Config,
@@ -62,23 +62,6 @@ def _identity(value: str) -> str | None:
     return None
 
 
-def _ws_url(value: str) -> str | None:
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        return f"is not a valid URL: {exc}"
-    if parts.scheme not in ("ws", "wss"):
-        return f"must start with wss:// (or ws:// in a lab), got {parts.scheme or 'no'} scheme"
-    if not parts.hostname:
-        return "has no host name"
-    if parts.query or parts.fragment or any(c.isspace() for c in value):
-        return (
-            "must be a plain URL without ?query, #fragment or spaces: the identity is appended as its last path segment"
-        )
-    return None
-
-
 def _distinct(value: list[Any]) -> str | None:
     return "each phase may appear only once" if len(set(value)) != len(value) else None
 
@@ -112,21 +95,9 @@ _CONFIG = Field(
                 ),
                 required=True,
             ),
-            "backend": Field(
-                dataclass_map(
-                    BackendSettings,
-                    {
-                        "url": Field(str, check=_ws_url),
-                        "password_file": Field(str, min=1),
-                        "ca_file": Field(str, min=1),
-                        "response_timeout_s": _TIMEOUT,
-                        "reconnect_min_s": _TIMEOUT,
-                        "reconnect_max_s": _TIMEOUT,
-                        "ping_interval_s": Field(int, min=0),
-                    },
-                ),
-                required=True,
-            ),
+            "backend": config_uplink.BACKEND,
+            "uplinks": dataclasses.replace(config_uplink.UPLINKS, default=[]),
+            "failover": config_uplink.FAILOVER,
             "buses": Field(
                 ListOf(
                     Field(
@@ -342,6 +313,7 @@ class _Checks:
             self.timing,
             self.line_settings,
             self.backend,
+            self.current_limits,
             self.wiring,
             self.meters,
         ):
@@ -602,18 +574,9 @@ class _Checks:
                 )
 
     def backend(self) -> None:
-        backend = self.data.get("backend", {})
-        low, high = backend.get("reconnect_min_s"), backend.get("reconnect_max_s")
-        if low is not None and high is not None and low > high:
-            self.error(("backend", "reconnect_min_s"), f"is above reconnect_max_s ({high:g} s)")
-        if str(backend.get("url", "")).startswith("ws://"):
-            if backend.get("password_file") is not None:
-                self.doc.warn(
-                    ("backend", "url"),
-                    "plain ws:// sends the Basic-auth password in clear text; use wss:// outside a lab",
-                )
-            if backend.get("ca_file") is not None:
-                self.doc.warn(("backend", "ca_file"), "is not used with a plain ws:// URL")
+        config_uplink.check(self.doc, self.data, self.base)
+
+    def current_limits(self) -> None:
         for i, connector in self.connectors:
             profile, limit = self.profiles.get(connector.get("profile", "")), connector.get("max_current_a")
             if profile is None or limit is None:
@@ -633,23 +596,16 @@ class _Checks:
 def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], source: Path) -> Config:
     """Turn checked plain data into the frozen settings objects, resolving relative paths."""
 
-    def path_or_none(value: str | None) -> Path | None:
-        return None if value is None else _resolve(base, value)
-
     def bus(b: dict[str, Any]) -> BusSettings:
         port = None if b["port"] is None else str(_resolve(base, b["port"]))
         return BusSettings(**(b | {"kind": Framing(b["kind"]), "port": port}))
 
-    backend, ocpp, simulator = data["backend"], data["ocpp"], data["simulator"]
+    ocpp, simulator = data["ocpp"], data["simulator"]
+    backend, uplinks, failover = config_uplink.build(data, base)
     return Config(
         source=source,
         charge_point=ChargePointInfo(**data["charge_point"]),
-        backend=BackendSettings(
-            **(
-                backend
-                | {"password_file": path_or_none(backend["password_file"]), "ca_file": path_or_none(backend["ca_file"])}
-            )
-        ),
+        backend=backend,
         buses=tuple(bus(b) for b in data["buses"]),
         connectors=tuple(
             ConnectorSettings(
@@ -667,4 +623,6 @@ def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], sourc
             **(simulator | {key: tuple(simulator[key]) for key in ("idle_s", "session_kwh", "id_tags")})
         ),
         profiles=profiles,
+        uplinks=uplinks,
+        failover=failover,
     )

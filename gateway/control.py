@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from ocpp.exceptions import OccurenceConstraintViolationError, PropertyConstraintViolationError
 
 from gateway.charging_profiles import ChargingProfile, ProfileLimits, ProfileRejected, Purpose, RateUnit, TxContext
+from gateway.auth_key import AuthKeyStore
 from gateway.clock import Clock
 from gateway.local_auth import AuthCache, LocalList, UpdateStatus
 from gateway.ocpp_config import ChangeStatus, OcppConfiguration, TooManyKeys, seed_from_settings
@@ -30,6 +31,7 @@ from gateway.settings import Config
 from gateway.smart_charging import ProfileSet, composite_to_ocpp
 from gateway.store import VENDOR_ID, Store
 from gateway.uplink import TRIGGERABLE
+from gateway.uplink_security import effective_profile, highest_profile
 
 log = logging.getLogger("gateway.control")
 
@@ -56,6 +58,8 @@ class Cluster(Protocol):
 
     def trigger(self, message: str, connector_id: int | None) -> None: ...
 
+    def reconnect_after_answer(self, why: str) -> None: ...
+
     def settings_changed(self) -> None: ...
 
     def set_station_status(self, status: str) -> None: ...
@@ -75,7 +79,8 @@ class Control:
         self.clock = clock
         ids = [c.id for c in config.connectors]
         self.connector_ids = ids
-        self.configuration = OcppConfiguration(len(ids), seed_from_settings(config.ocpp, config.backend.ping_interval_s))
+        self.auth_keys = AuthKeyStore(config.storage.path.parent)
+        self.configuration = self._fresh_configuration()
         self.limits = ProfileLimits(len(ids))
         self.local_list = LocalList()
         self.cache = AuthCache()
@@ -87,11 +92,22 @@ class Control:
 
     # --- persistence ---------------------------------------------------------------
 
+    def _seed(self) -> dict[str, str]:
+        backend = self.config.backend
+        return seed_from_settings(self.config.ocpp, backend.ping_interval_s, effective_profile(backend))
+
+    def _fresh_configuration(self) -> OcppConfiguration:
+        return OcppConfiguration(len(self.connector_ids), self._seed(), max_security_profile=highest_profile(self.config.backend))
+
+    def _restore_configuration(self, data: Mapping[str, Any]) -> None:
+        self.configuration = OcppConfiguration.from_json(
+            data, len(self.connector_ids), self._seed(), max_security_profile=highest_profile(self.config.backend)
+        )
+
     async def load(self) -> None:
         """Restore what the backend set before the restart; a piece that cannot be read is logged and reset."""
-        seed = seed_from_settings(self.config.ocpp, self.config.backend.ping_interval_s)
         loaders: dict[str, Callable[[Any], None]] = {
-            "configuration": lambda d: setattr(self, "configuration", OcppConfiguration.from_json(d, len(self.connector_ids), seed)),
+            "configuration": self._restore_configuration,
             "local_list": lambda d: setattr(self, "local_list", LocalList.from_json(d)),
             "auth_cache": lambda d: setattr(self, "cache", AuthCache.from_json(d)),
             "reservations": lambda d: setattr(self, "reservations", Reservations.from_json(d)),
@@ -108,6 +124,12 @@ class Control:
                 log.error("kept %s could not be restored, starting without it: %s", name, exc)
         for dropped in self.configuration.dropped:
             log.warning("configuration key %s kept from before is no longer valid and was dropped", dropped)
+        if (key := self.configuration.authorization_key()) is not None:
+            # Kept in the database by releases before the key had its own 0600 file: move it there.
+            if self.auth_keys.current() is None:
+                self.auth_keys.replace(key)
+            await self._save("configuration")
+            log.info("AuthorizationKey moved out of the database into %s", self.auth_keys.path)
 
     def _load_availability(self, data: Mapping[str, Any]) -> None:
         self.inoperative = {int(c) for c in data.get("inoperative", [])}
@@ -165,12 +187,32 @@ class Control:
     # --- Core ----------------------------------------------------------------------------
 
     async def change_configuration(self, p: Payload) -> Payload:
+        if self._needs_password(p["key"], p["value"]):
+            log.warning("SecurityProfile %s refused: there is no Basic-auth password yet (set AuthorizationKey first)", p["value"])
+            return {"status": ChangeStatus.REJECTED.value}
         result = self.configuration.change(p["key"], p["value"])
-        if result.status in (ChangeStatus.ACCEPTED, ChangeStatus.REBOOT_REQUIRED):
-            await self._save("configuration")
-            self.cluster.settings_changed()
-            log.info("configuration %s changed by the backend", result.key)  # never the value: it may be a key
+        if result.status is not ChangeStatus.ACCEPTED:
+            return {"status": result.status.value}
+        if result.key == "AuthorizationKey":
+            key = self.configuration.authorization_key()
+            assert key is not None  # just accepted
+            try:
+                self.auth_keys.replace(key)
+            except OSError as exc:  # a key that would not survive a restart is refused, not half taken
+                log.error("the new AuthorizationKey could not be stored (%s): refused", exc.strerror)
+                return {"status": ChangeStatus.REJECTED.value}
+        await self._save("configuration")
+        self.cluster.settings_changed()
+        log.info("configuration %s changed by the backend", result.key)  # never the value: it may be a key
+        if result.reconnect:
+            self.cluster.reconnect_after_answer(f"{result.key} changed")
         return {"status": result.status.value}
+
+    def _needs_password(self, key: str, value: str) -> bool:
+        """Basic auth (profiles 1 and 2) without any password would lock the charge point out."""
+        if key.strip().lower() != "securityprofile" or value.strip() not in ("1", "2"):
+            return False
+        return self.auth_keys.current() is None and self.config.backend.password_file is None
 
     async def get_configuration(self, p: Payload) -> Payload:
         try:

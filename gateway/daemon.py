@@ -71,6 +71,10 @@ class Daemon:
             handlers=self.control.handlers(),
             readings=self._readings,
             on_answer=self._answered,
+            uplinks=config.uplinks,
+            failover=config.failover,
+            security_profile=lambda: self.control.configuration.int_value("SecurityProfile"),
+            auth_keys=self.control.auth_keys,
         )
         self.authorizer = Authorizer(self.control, clock, self.uplink.authorize, self.uplink.connected.is_set)
         self._deauthorized: set[str] = set()  # sessions the backend refused the idTag of, kept without current
@@ -321,6 +325,9 @@ class Daemon:
 
     def trigger(self, message: str, connector_id: int | None) -> None:
         self.uplink.trigger(message, connector_id)
+
+    def reconnect_after_answer(self, why: str) -> None:
+        self.uplink.reconnect_after_answer(why)
 
     def settings_changed(self) -> None:
         """Configuration keys the backend changed take effect now (ping interval: at the next connection)."""

@@ -294,9 +294,10 @@ def canonical_key(key: str) -> str | None:
     return _CANONICAL.get(key.strip().lower())
 
 
-def seed_from_settings(ocpp: OcppSettings, ping_interval_s: int) -> dict[str, str]:
-    """The seed for `OcppConfiguration` from the config file's `ocpp:` section and backend ping interval."""
+def seed_from_settings(ocpp: OcppSettings, ping_interval_s: int, security_profile: int = 0) -> dict[str, str]:
+    """The seed for `OcppConfiguration` from the config file's `ocpp:` section and `backend:` settings."""
     return {
+        "SecurityProfile": wire_value(security_profile),
         "HeartbeatInterval": wire_value(ocpp.heartbeat_interval_s),
         "MeterValueSampleInterval": wire_value(ocpp.meter_value_sample_interval_s),
         "MeterValuesSampledData": wire_value(ocpp.meter_values_sampled_data),
@@ -424,8 +425,9 @@ class OcppConfiguration:
     # --- persistence -------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        """The values the backend changed, and nothing else. Holds the AuthorizationKey: store it as a secret."""
-        return {"changed": dict(self._changed)}
+        """The values the backend changed, and nothing else. Never the AuthorizationKey: it is a secret
+        kept apart (gateway.auth_key), not in a database that diagnostics bundles may carry."""
+        return {"changed": {k: v for k, v in self._changed.items() if not KEYS[k].write_only}}
 
     @classmethod
     def from_json(

@@ -18,13 +18,48 @@ class ChargePointInfo:
 
 @dataclass(frozen=True)
 class BackendSettings:
-    url: str  # ws:// or wss://; the identity is appended as the last path segment
-    password_file: Path | None = None  # HTTP Basic auth password (user = identity)
+    url: str  # wss:// (ws:// only with insecure_lab_mode); the identity is appended as the last path segment
+    # OCPP 1.6 security whitepaper: 1 Basic auth over ws (lab only), 2 TLS + Basic auth, 3 TLS + client
+    # certificate; 0: wss with neither (the backend cannot tell who connects). None: inferred from what is set.
+    security_profile: int | None = None
+    password_file: Path | None = None  # the installer's Basic-auth password (user = identity); the backend may replace it
     ca_file: Path | None = None  # PEM bundle; system CAs when absent
+    client_cert: Path | None = None  # PEM, profile 3 (mutual TLS)
+    client_key: Path | None = None
+    insecure_lab_mode: bool = False  # the only way to plain ws://; warned at every start
     response_timeout_s: float = 30.0  # wait for a CALLRESULT before counting the call as failed
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 300.0
-    ping_interval_s: int = 0  # WebSocketPingInterval; 0 = no websocket pings
+    ping_interval_s: int = 0  # WebSocketPingInterval: a ping after this long without a frame from the backend; 0 = none
+    ping_timeout_s: float = 30.0  # no pong within this: the link is dead
+    compression: bool = True  # offer permessage-deflate (used where the backend accepts it)
+
+
+@dataclass(frozen=True)
+class ModemSettings:
+    """A GPRS/LTE modem's AT port, polled for health; the data port belongs to pppd or ModemManager."""
+
+    at_port: str  # e.g. /dev/ttyUSB2
+    baudrate: int = 115200
+    poll_interval_s: float = 300.0
+    command_timeout_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class UplinkSettings:
+    """One way to the backend. The list order is the preference: the first is used whenever healthy."""
+
+    name: str  # e.g. wired, gprs
+    interface: str | None = None  # bind the websocket to this network interface (SO_BINDTODEVICE)
+    source_address: str | None = None  # or to this local address
+    monthly_budget_mb: float | None = None  # an alarm at 80 % of it (and at 100 %)
+    modem: ModemSettings | None = None
+
+
+@dataclass(frozen=True)
+class FailoverSettings:
+    failback_after_s: float = 600.0  # the preferred uplink must have been healthy this long before it is taken back
+    probe_interval_s: float = 60.0  # how often a preferred uplink is tried while a lesser one carries the link
 
 
 @dataclass(frozen=True)
@@ -142,6 +177,8 @@ class Config:
     site: SiteSettings = field(default_factory=SiteSettings)
     ocpp: OcppSettings = field(default_factory=OcppSettings)
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
+    uplinks: tuple[UplinkSettings, ...] = (UplinkSettings("default"),)
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
     profiles: dict[str, Profile] = field(default_factory=dict)  # the profiles the connectors use, by name
 
     def bus(self, name: str) -> BusSettings:

@@ -1,37 +1,55 @@
 """The uplink: one OCPP 1.6J websocket carrying the whole cluster to the backend.
 
 Thin layer: websockets does the transport and TLS, the `ocpp` package does the
-message classes and schema validation (of what we send and what we get back).
-What is ours: the connection lifecycle (boot first, reconnect with jittered
-backoff), the heartbeat, StatusNotification for connector 0 and every
-connector, and draining the SQLite outbox strictly in order, one message in
-flight at a time (OCPP 1.6 §3.7, OCPP-J §4.1.1).
+message classes and schema validation (gateway.ocpp_link). What is ours: the
+connection lifecycle (boot first, reconnect with jittered backoff, over the
+uplink gateway.failover chooses, bound to its interface or address), the
+security profile (gateway.uplink_security), StatusNotification for connector 0
+and every connector, and draining the SQLite outbox strictly in order, one
+message in flight at a time (OCPP 1.6 §3.7, OCPP-J §4.1.1).
+
+Frugal with a SIM's bytes: a Heartbeat only when no CALL went out for
+HeartbeatInterval (OCPP 1.6 §4.6 allows it), a websocket ping only after
+WebSocketPingInterval without a frame from the backend, permessage-deflate
+where the backend takes it, compact JSON; and every byte counted at the socket
+(gateway.traffic) and handed to the data-usage recorder.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import websockets
-from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
-from ocpp.exceptions import FormationViolationError, FormatViolationError, OCPPError
-from ocpp.messages import Call, CallError, CallResult, MessageType, validate_payload
-from ocpp.v16 import ChargePoint, call_result
+from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import ClientConnection, connect
 
 import gateway
 from gateway import ocpp_messages, retry
+from gateway.auth_key import AuthKeyStore
 from gateway.backoff import Backoff
 from gateway.clock import Clock
 from gateway.errors import BackendRefused, ClockUnset, StoreError, UplinkError
+from gateway.failover import Failover
+from gateway.ocpp_link import WEBSOCKET_LOG, Handler, OcppLink
 from gateway.reading import Reading
 from gateway.session import StatusChanged
-from gateway.settings import BackendSettings, ChargePointInfo, OcppSettings
+from gateway.settings import BackendSettings, ChargePointInfo, FailoverSettings, OcppSettings, UplinkSettings
 from gateway.store import QueuedMessage, Store
+from gateway.traffic import SocketMeter, Traffic
+from gateway.uplink_connect import Recorder, host_and_port, interface_usable, open_socket, probe
+from gateway.uplink_security import (
+    LAB_WARNING,
+    basic_auth_header,
+    clock_problem,
+    describe_tls_failure,
+    effective_profile,
+    is_tls,
+    tls_context,
+)
 
 log = logging.getLogger("gateway.uplink")
 
@@ -42,6 +60,8 @@ TRIGGERABLE = frozenset({
     "DiagnosticsStatusNotification", "FirmwareStatusNotification",
 })
 CLOCK_WAIT_S = 10.0  # how often the outbox looks again while the clock is unset
+COUNT_EVERY_S = 60.0  # bytes are handed to the recorder this often while connected
+KEEPALIVE_RECHECK_S = 5.0  # while WebSocketPingInterval is 0, how often to look whether the backend set one
 
 
 def backend_url(backend: BackendSettings, identity: str) -> str:
@@ -49,88 +69,29 @@ def backend_url(backend: BackendSettings, identity: str) -> str:
     return backend.url.rstrip("/") + "/" + identity
 
 
-def basic_auth_header(identity: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{identity}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+class _Reconnect(Exception):  # noqa: N818 - not an error: the link is closed on purpose and made again at once
+    def __init__(self, why: str, failback_to: int | None = None) -> None:
+        super().__init__(why)
+        self.failback_to = failback_to
 
 
-def tls_context(backend: BackendSettings) -> ssl.SSLContext | None:
-    if not backend.url.startswith("wss://"):
-        return None
-    ctx = ssl.create_default_context(cafile=str(backend.ca_file) if backend.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # platforms refuse older TLS (REQUIREMENTS 11)
-    return ctx
+@dataclass(frozen=True)
+class UplinkStatus:
+    """What a technician's status screen shows of the backend link."""
+
+    uplink: str  # the uplink in use or being tried
+    connected: bool
+    security_profile: int
+    compression: bool  # permessage-deflate in use
+    problem: str | None  # why the link is down, or the last trouble
 
 
-Handler = Callable[[dict], Awaitable[dict]]  # a backend command: CALL payload in, CALLRESULT payload out (camelCase)
+_ONE_UPLINK = (UplinkSettings("default"),)
+_FAILOVER = FailoverSettings()
 
 
-class _Link(ChargePoint):
-    """The ocpp library's charge point on one open websocket, with our handlers for the backend's commands.
-
-    The library validates each incoming CALL against the OCPP 1.6 schemas (a bad one gets its
-    CALLERROR: FormationViolation, PropertyConstraintViolation, ...), answers NotImplemented for an
-    action without handler, and validates our answer. Our handlers speak camelCase, as the wire
-    and the store do; the library's snake_case kwargs are turned back here, once.
-    """
-
-    def __init__(self, identity: str, connection: ClientConnection, handlers: Mapping[str, Handler], response_timeout: float) -> None:
-        super().__init__(identity, connection, response_timeout=response_timeout)
-        for action, handler in handlers.items():
-            self.route_map[action] = {"_on_action": _library_handler(action, handler)}
-
-    async def _handle_call(self, msg: Call) -> None:
-        try:
-            await super()._handle_call(msg)
-        except FormatViolationError as exc:
-            # OCPP-J 1.6 §4.2.3 spells this error code FormationViolation (2.0 renamed it); the library uses the new name.
-            raise FormationViolationError(description=exc.description, details=exc.details) from None
-
-    async def call_wire(self, action: str, payload: dict, unique_id: str) -> dict:
-        """ChargePoint.call for a payload already in wire form (camelCase), as the outbox stores it.
-
-        The library's call() wants a dataclass and converts camelCase -> snake_case -> camelCase
-        both ways: about 23 ms for a 60-sample MeterValues on x86, far more on the ARM master,
-        for nothing. Same steps otherwise: schema-validate the request, one call in flight
-        (the library's lock), wait for the answer with our id, validate it. Uses the library's
-        private _call_lock/_send/_response_queue: ocpp is pinned to 2.1.x (setup.cfg).
-        """
-        request = Call(unique_id=unique_id, action=action, payload=payload)
-        await validate_payload(request, self._ocpp_version)
-        async with self._call_lock:
-            await self._send(request.to_json())
-            response = await self._answer_to(unique_id)
-        if response.message_type_id == MessageType.CallError:
-            raise response.to_exception()
-        response.action = action
-        await validate_payload(response, self._ocpp_version)
-        result: dict = response.payload
-        return result
-
-    async def _answer_to(self, unique_id: str) -> CallResult | CallError:
-        """The answer with our id; a late answer to a call given up on earlier is dropped.
-
-        Not the library's _get_specific_response: its asyncio.wait_for can, on Python 3.11, swallow
-        a cancellation that arrives together with the answer (CPython gh-86296). The task then went
-        on waiting for the next status, and the uplink's TaskGroup never finished cancelling: a
-        shutdown or reconnect that hung. It also measured the deadline in wall time.
-        """
-        async with asyncio.timeout(self._response_timeout):
-            while True:
-                response = await self._response_queue.get()
-                if response.unique_id == unique_id:
-                    return response
-                log.warning("dropped an answer to a call no longer waited for (id %s)", response.unique_id)
-
-
-def _library_handler(action: str, handler: Handler) -> Callable[..., Awaitable[object]]:
-    result_class = getattr(call_result, action)
-
-    async def handle(**kwargs: object) -> object:
-        result = await handler(snake_to_camel_case(kwargs))
-        return result_class(**camel_to_snake_case(result))
-
-    return handle
+async def _no_recording(name: str, portion: Traffic) -> None:
+    return None
 
 
 class Uplink:
@@ -147,6 +108,13 @@ class Uplink:
         handlers: Mapping[str, Handler] | None = None,
         readings: Callable[[], Mapping[int, Reading]] | None = None,
         on_answer: Callable[[QueuedMessage, dict], Awaitable[None]] | None = None,
+        *,
+        uplinks: Sequence[UplinkSettings] = _ONE_UPLINK,
+        failover: FailoverSettings = _FAILOVER,
+        security_profile: Callable[[], int] | None = None,
+        auth_keys: AuthKeyStore | None = None,
+        record_traffic: Recorder = _no_recording,
+        boot_fields: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self.info = info
         self.backend = backend
@@ -157,16 +125,33 @@ class Uplink:
         self._handlers = dict(handlers or {})
         self._readings = readings or dict
         self._on_answer = on_answer  # sees each answer to an outbox message once it is recorded (idTagInfo)
-        self._link: _Link | None = None  # while connected and booted
+        self.uplinks = tuple(uplinks)
+        self.failover = Failover([u.name for u in self.uplinks], failover.failback_after_s, failover.probe_interval_s)
+        # The SecurityProfile in force: the backend may raise it (ChangeConfiguration), the config file seeds it.
+        self._security_profile = security_profile or (lambda: effective_profile(backend))
+        self._auth_keys = auth_keys
+        self._use_previous_key = False  # the backend refused the new AuthorizationKey: try the one before
+        self._record = record_traffic
+        self._boot_fields = boot_fields
+        self._link: OcppLink | None = None  # while connected and booted
         self.station_status = "Available"  # connector 0: Unavailable when the backend made every connector Inoperative
         self._triggers: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue()
         self.heartbeat_interval_s = ocpp.heartbeat_interval_s
         self._status_queue: asyncio.Queue[StatusChanged] = asyncio.Queue()
         self._outbox_changed = asyncio.Event()
+        self._reconnect_wanted: str | None = None  # why, once the answer to the backend's command has gone out
+        self._reconnect_now = asyncio.Event()
         self.connected = asyncio.Event()  # set while Boot is accepted and the link is up
         self._backoff = Backoff(backend.reconnect_min_s, backend.reconnect_max_s)
+        self._compression = False
+        self.problem: str | None = None
 
     # --- called by the rest of the daemon -------------------------------------------
+
+    def status(self) -> UplinkStatus:
+        return UplinkStatus(
+            self.failover.active_name, self.connected.is_set(), self._security_profile(), self._compression, self.problem
+        )
 
     def status_changed(self, effect: StatusChanged) -> None:
         if self.connected.is_set():
@@ -175,6 +160,11 @@ class Uplink:
 
     def outbox_changed(self) -> None:
         self._outbox_changed.set()
+
+    def reconnect_after_answer(self, why: str) -> None:
+        """Close the link and make it again once the answer to the backend's current command has gone
+        out (a new AuthorizationKey or SecurityProfile takes effect at the reconnect)."""
+        self._reconnect_wanted = why
 
     async def authorize(self, id_tag: str) -> dict:
         """Authorize.req (OCPP 1.6 §4.2): the backend's idTagInfo; UplinkError when it cannot answer now."""
@@ -196,82 +186,225 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, serve, reconnect; forever, until cancelled."""
+        if not is_tls(self.backend.url):
+            log.warning("%s", LAB_WARNING)
         failing = False
         while True:
+            uplink = self.uplinks[self.failover.active]
             try:
-                await self._serve_one_connection()
+                await self._serve_one_connection(uplink)
                 problem = "connection closed"
+            except _Reconnect as again:
+                log.info("uplink %s: reconnecting: %s", uplink.name, again)
+                if again.failback_to is not None:
+                    self.failover.fail_back(again.failback_to, self.clock.monotonic())
+                    log.warning("uplink: back to %s, healthy again", self.failover.active_name)
+                continue
+            except _ClockNotSet as exc:
+                problem = str(exc)  # not the link's fault: no failover, try again when NTP may have run
             except (TimeoutError, OSError, websockets.exceptions.WebSocketException, UplinkError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = _describe(exc)
+                if self.failover.failed(self.clock.monotonic(), [interface_usable(u) for u in self.uplinks]):
+                    log.warning("uplink %s failed (%s); switching to %s", uplink.name, problem, self.failover.active_name)
+                    self.problem = f"{uplink.name}: {problem}"
+                    self._backoff.reset()
+                    await asyncio.sleep(self.backend.reconnect_min_s)
+                    continue
             finally:
                 self.connected.clear()
+                self._compression = False
+            self.problem = f"{uplink.name}: {problem}"
             delay = next(self._backoff)
             if not failing:
-                log.warning("uplink down (%s); reconnecting in %.1f s", problem, delay)
+                log.warning("uplink %s down (%s); reconnecting in %.1f s", uplink.name, problem, delay)
                 failing = True
             else:
-                log.debug("uplink still down (%s); next try in %.1f s", problem, delay)
+                log.debug("uplink %s still down (%s); next try in %.1f s", uplink.name, problem, delay)
             await asyncio.sleep(delay)
 
-    def _connect(self) -> connect:
-        headers: dict[str, str] = {}
+    def _password(self) -> bytes | None:
+        """The Basic-auth password: the backend's AuthorizationKey when it set one, else the installer's file."""
+        if self._auth_keys is not None:
+            key = self._auth_keys.previous() if self._use_previous_key else self._auth_keys.current()
+            if key is not None:
+                return key
+        # No key from the backend (or it was refused and there is none before it): the installer's password.
         if self.backend.password_file is not None:
-            password = self.backend.password_file.read_text().strip()
-            headers = basic_auth_header(self.info.identity, password)
-        return connect(
-            backend_url(self.backend, self.info.identity),
-            subprotocols=[websockets.Subprotocol(OCPP_SUBPROTOCOL)],
-            additional_headers=headers,
-            ssl=tls_context(self.backend),
-            ping_interval=self.backend.ping_interval_s or None,
-            ping_timeout=self.backend.ping_interval_s or None,
-            open_timeout=30,
-            # A close handshake cannot cross a dead GPRS link; do not wait the default 10 s for one.
-            close_timeout=2,
-        )
+            return self.backend.password_file.read_text().strip().encode()
+        return None
 
-    async def _serve_one_connection(self) -> None:
+    async def _open(self, uplink: UplinkSettings, profile: int, tls: ssl.SSLContext | None) -> tuple[ClientConnection, SocketMeter]:
+        host, port = host_and_port(self.backend.url)
+        # TCP, TLS and the websocket handshake each get as long as the backend gets to answer a call.
+        sock = await open_socket(host, port, uplink, self.backend.response_timeout_s)
+        meter = SocketMeter(sock)
+        headers: dict[str, str] = {}
+        password = self._password() if profile in (1, 2) or (profile == 0 and self.backend.password_file) else None
+        if password is not None:
+            headers = basic_auth_header(self.info.identity, password)
         try:
-            ws: ClientConnection = await self._connect()
+            ws = await connect(
+                backend_url(self.backend, self.info.identity),
+                sock=sock,
+                ssl=tls,
+                server_hostname=host if tls is not None else None,
+                subprotocols=[websockets.Subprotocol(OCPP_SUBPROTOCOL)],
+                additional_headers=headers,
+                compression="deflate" if self.backend.compression else None,
+                ping_interval=None,  # our own keepalive pings only when the link is quiet (_keepalive)
+                open_timeout=self.backend.response_timeout_s,
+                # A close handshake cannot cross a dead GPRS link; do not wait the default 10 s for one.
+                close_timeout=2,
+                logger=WEBSOCKET_LOG,
+            )
+        except BaseException:
+            # The event loop's transport owns the socket now and closes it; closing it here as well would
+            # free its descriptor number while the transport still holds it registered.
+            await self._record(uplink.name, meter.close())
+            raise
+        return ws, meter
+
+    async def _serve_one_connection(self, uplink: UplinkSettings) -> None:
+        profile = self._security_profile()
+        tls: ssl.SSLContext | None = None
+        if is_tls(self.backend.url):
+            if (why := clock_problem(self.clock.system_wall())) is not None:
+                raise _ClockNotSet(why)
+            tls = tls_context(self.backend, profile)
+        try:
+            ws, meter = await self._open(uplink, profile, tls)
         except websockets.exceptions.InvalidStatus as exc:
             code = exc.response.status_code
+            if code == 401 and self._auth_keys is not None and self._auth_keys.current() is not None and not self._use_previous_key:
+                self._use_previous_key = True
+                raise BackendRefused("the backend refused the AuthorizationKey (HTTP 401); trying the one before it") from exc
             if code in (401, 403, 404):
-                raise BackendRefused(f"backend answered HTTP {code}") from exc
+                raise BackendRefused(f"the backend answered HTTP {code}{' (credentials refused)' if code == 401 else ''}") from exc
             raise
-        async with ws:
-            if ws.subprotocol != OCPP_SUBPROTOCOL:
-                raise BackendRefused(f"backend did not agree to subprotocol {OCPP_SUBPROTOCOL}")
-            link = _Link(self.info.identity, ws, self._handlers, response_timeout=self.backend.response_timeout_s)
-            log.info("uplink connected to %s", backend_url(self.backend, self.info.identity))
-            try:
-                await self._serve_link(link)
-            except asyncio.CancelledError:
-                # Shutting down: tell the backend we are going away (1001), not that we crashed (1011).
-                await ws.close(websockets.CloseCode.GOING_AWAY)
+        except websockets.exceptions.InvalidMessage as exc:
+            if tls is None or not isinstance(exc.__cause__, EOFError):
                 raise
+            # TLS 1.3: the backend checks a client certificate after our side of the handshake is done, and
+            # asyncio reports its alert as a plain end of stream. Nothing else closes before any HTTP answer.
+            raise UplinkError(
+                "the backend closed the connection before any HTTP answer: it most likely "
+                + ("refused our client certificate" if profile == 3 else "wants a client certificate (security profile 3)")
+            ) from None
+        try:
+            async with ws:
+                if ws.subprotocol != OCPP_SUBPROTOCOL:
+                    raise BackendRefused(f"backend did not agree to subprotocol {OCPP_SUBPROTOCOL}")
+                self._key_accepted()
+                self._compression = bool(ws.protocol.extensions)
+                link = OcppLink(
+                    self.info.identity, ws, self._handlers, response_timeout=self.backend.response_timeout_s,
+                    after_answer=self._answered_command, monotonic=self.clock.monotonic,
+                )
+                log.info(
+                    "uplink %s connected to %s (security profile %d%s)", uplink.name, backend_url(self.backend, self.info.identity),
+                    profile, ", permessage-deflate" if self._compression else "",
+                )
+                try:
+                    await self._serve_link(link, ws, uplink, meter)
+                except asyncio.CancelledError:
+                    # Shutting down: tell the backend we are going away (1001), not that we crashed (1011).
+                    await ws.close(websockets.CloseCode.GOING_AWAY)
+                    raise
+                except _Reconnect:
+                    await ws.close(websockets.CloseCode.NORMAL_CLOSURE)
+                    raise
+        finally:
+            await self._record(uplink.name, meter.close())
 
-    async def _serve_link(self, link: _Link) -> None:
+    def _key_accepted(self) -> None:
+        if self._use_previous_key and self._auth_keys is not None:
+            log.error("the backend refused the new AuthorizationKey and took the previous one, which is in use again")
+            self._auth_keys.go_back()
+            self._use_previous_key = False
+
+    def _answered_command(self) -> None:
+        if self._reconnect_wanted is not None:
+            self._reconnect_now.set()
+
+    async def _serve_link(self, link: OcppLink, ws: ClientConnection, uplink: UplinkSettings, meter: SocketMeter) -> None:
+        self._reconnect_wanted = None
+        self._reconnect_now.clear()
         try:
             # Every task here ends only by raising; the first failure tears the connection down.
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(link.start())  # the reader: routes answers and backend commands
+                tg.create_task(self._keepalive(link, ws))
+                tg.create_task(self._count(uplink, meter))
+                tg.create_task(self._reconnect_when_asked())
                 await self._boot(link)
                 self._backoff.reset()
+                self.failover.up(self.clock.monotonic())
+                self.problem = None
                 self._link = link
                 self.connected.set()
                 tg.create_task(self._heartbeats(link))
                 tg.create_task(self._send_statuses(link))
                 tg.create_task(self._drain(link))
                 tg.create_task(self._send_triggered(link))
+                tg.create_task(self._watch_preferred())
+        except* _Reconnect as group:
+            raise group.exceptions[0] from None
         # StoreError too: a full disk must not kill the daemon. The answer that could not be recorded is
         # lost, so the message is resent after the reconnect, identical (same id): a duplicate the backend can spot.
         except* (websockets.exceptions.ConnectionClosed, UplinkError, TimeoutError, OCPPError, StoreError) as group:
             first = group.exceptions[0]
-            raise UplinkError(f"{type(first).__name__}: {first or 'no answer in time'}") from None
+            raise UplinkError(_describe(first)) from None
         finally:
             self._link = None
 
-    async def _call(self, link: _Link, action: str, payload: dict, message_id: str | None = None) -> dict:
+    async def _reconnect_when_asked(self) -> None:
+        await self._reconnect_now.wait()
+        raise _Reconnect(self._reconnect_wanted or "asked")
+
+    async def _count(self, uplink: UplinkSettings, meter: SocketMeter) -> None:
+        while True:
+            await asyncio.sleep(COUNT_EVERY_S)
+            await self._record(uplink.name, meter.take())
+
+    async def _keepalive(self, link: OcppLink, ws: ClientConnection) -> None:
+        """A websocket ping only after WebSocketPingInterval without any frame from the backend."""
+        while True:
+            interval = self.backend.ping_interval_s  # the backend may change it (WebSocketPingInterval)
+            if not interval:
+                await asyncio.sleep(KEEPALIVE_RECHECK_S)
+                continue
+            quiet = self.clock.monotonic() - link.last_received
+            if quiet < interval:
+                await asyncio.sleep(interval - quiet)
+                continue
+            pong = await ws.ping()
+            try:
+                async with asyncio.timeout(self.backend.ping_timeout_s):
+                    await pong
+            except TimeoutError:
+                raise UplinkError(f"no pong within {self.backend.ping_timeout_s:g} s") from None
+            link.last_received = self.clock.monotonic()
+
+    async def _watch_preferred(self) -> None:
+        """While a lesser uplink carries the link: probe the preferred ones, and go back to one proven healthy."""
+        while True:
+            now = self.clock.monotonic()
+            self.failover.still_up(now)
+            for index in self.failover.probe_due(now):
+                preferred = self.uplinks[index]
+                ok = interface_usable(preferred)
+                if ok:
+                    tls = tls_context(self.backend, self._security_profile()) if is_tls(self.backend.url) else None
+                    why = await probe(self.backend.url, preferred, tls, self.backend.response_timeout_s, self._record)
+                    ok = why is None
+                    log.debug("uplink %s probed: %s", preferred.name, why or "reachable")
+                self.failover.probed(index, ok, self.clock.monotonic())
+            target = self.failover.failback_target(self.clock.monotonic())
+            if target is not None:
+                raise _Reconnect(f"failing back to {self.uplinks[target].name}", failback_to=target)
+            await asyncio.sleep(max(1.0, min(self.failover.probe_interval_s, self.failover.failback_after_s) / 4))
+
+    async def _call(self, link: OcppLink, action: str, payload: dict, message_id: str | None = None) -> dict:
         """One CALL; returns the CALLRESULT payload (camelCase), raises OCPPError on a CALLERROR, TimeoutError without answer."""
         return await link.call_wire(action, payload, message_id or ocpp_messages.new_message_id())
 
@@ -283,9 +416,9 @@ class Uplink:
         }
         if self.info.serial_number:
             payload["chargePointSerialNumber"] = self.info.serial_number
-        return payload
+        return payload | dict(self._boot_fields())  # the modem's iccid and imsi, where known
 
-    async def _boot(self, link: _Link) -> None:
+    async def _boot(self, link: OcppLink) -> None:
         """BootNotification until Accepted; on Pending/Rejected wait the interval the backend gave (OCPP 1.6 §4.2)."""
         payload = self._boot_payload()
         while True:
@@ -300,19 +433,23 @@ class Uplink:
             log.warning("boot %s by the backend; retrying in %d s", result["status"], wait)
             await asyncio.sleep(wait)
 
-    async def _heartbeats(self, link: _Link) -> None:
+    async def _heartbeats(self, link: OcppLink) -> None:
+        """A Heartbeat only when no CALL went out for HeartbeatInterval: any CALL tells the backend we are alive."""
         while True:
-            await asyncio.sleep(self.heartbeat_interval_s)
+            quiet = self.clock.monotonic() - link.last_call_sent
+            if quiet < self.heartbeat_interval_s:
+                await asyncio.sleep(self.heartbeat_interval_s - quiet)
+                continue
             await self._heartbeat(link)
 
-    async def _heartbeat(self, link: _Link) -> None:
+    async def _heartbeat(self, link: OcppLink) -> None:
         self.clock.adopt_backend_time((await self._call(link, "Heartbeat", {}))["currentTime"])
 
     def _all_statuses(self) -> list[StatusChanged]:
         """Connector 0 (the cluster's main controller, OCPP 1.6 §3.8) and every connector."""
         return [StatusChanged(0, self.station_status, "NoError", None, self.clock.wall()), *self._statuses()]
 
-    async def _send_statuses(self, link: _Link) -> None:
+    async def _send_statuses(self, link: OcppLink) -> None:
         """Connector 0 and every connector right after boot, then each change as it happens."""
         while not self._status_queue.empty():
             self._status_queue.get_nowait()  # superseded by the full round below
@@ -321,7 +458,7 @@ class Uplink:
         while True:
             await self._send_status(link, await self._status_queue.get())
 
-    async def _send_triggered(self, link: _Link) -> None:
+    async def _send_triggered(self, link: OcppLink) -> None:
         """The messages TriggerMessage asked for, each after its Accepted went out."""
         while True:
             message, cid = await self._triggers.get()
@@ -342,11 +479,11 @@ class Uplink:
             elif message in ("DiagnosticsStatusNotification", "FirmwareStatusNotification"):
                 await self._call(link, message, {"status": "Idle"})  # no upload or update under way
 
-    async def _send_status(self, link: _Link, s: StatusChanged) -> None:
+    async def _send_status(self, link: OcppLink, s: StatusChanged) -> None:
         payload = ocpp_messages.status_notification(s.connector_id, s.status, s.error_code, s.info, s.wall, self.clock)
         await self._call(link, "StatusNotification", payload)
 
-    async def _drain(self, link: _Link) -> None:
+    async def _drain(self, link: OcppLink) -> None:
         """Send the outbox head, wait for its answer, drop it; strictly one in flight, in order."""
         while True:
             self._outbox_changed.clear()
@@ -363,7 +500,7 @@ class Uplink:
                 continue
             await self._send_queued(link, message)
 
-    async def _send_queued(self, link: _Link, message: QueuedMessage) -> None:
+    async def _send_queued(self, link: OcppLink, message: QueuedMessage) -> None:
         try:
             result = await self._call(link, message.action, message.payload, message.message_id)
         except OCPPError as exc:
@@ -391,3 +528,21 @@ class Uplink:
         if self._on_answer is not None:
             await self._on_answer(message, result)
 
+
+class _ClockNotSet(UplinkError):
+    """The system clock is before any certificate's validity: TLS must wait for NTP."""
+
+
+def _describe(exc: BaseException) -> str:
+    # With TLS 1.3 the backend checks our certificate after our side of the handshake is done: its
+    # refusal arrives while the websocket handshake waits for its answer, as that error's cause.
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return describe_tls_failure(cause)
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, ssl.SSLError):
+        return describe_tls_failure(exc)
+    if isinstance(exc, UplinkError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: no answer in time"

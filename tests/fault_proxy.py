@@ -21,6 +21,11 @@ connections already open as well as to new ones:
   the dead zone stay dead: they are dropped with a RST, as a NAT box or a
   server that forgot the flow answers the first packet that comes back.
 
+`blackhole(source=...)` and `restore(source=...)` apply to the connections
+from one client address only (127.0.0.2, say): one of two uplinks bound to
+different loopback addresses loses its path while the other keeps it.
+`client_hosts` lists the client address of every connection accepted.
+
 The proxy listens on 127.0.0.1 only and connects only to a loopback address
 (testing-notes.md: network tests stay on loopback). It stops itself, closing
 every connection, when its `async with` block exits.
@@ -73,8 +78,9 @@ class _Connection:
     def __init__(self, proxy: FaultProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.proxy = proxy
         self.client = (reader, writer)
+        self.host = str(writer.get_extra_info("peername")[0])
         self.upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self.dead = proxy.fault is Fault.BLACKHOLE  # once dead, it never forwards again
+        self.dead = proxy.fault_for(self.host) is Fault.BLACKHOLE  # once dead, it never forwards again
         self.task: asyncio.Task[None] | None = None
 
     def writers(self) -> list[asyncio.StreamWriter]:
@@ -180,6 +186,8 @@ class FaultProxy:
         self.bytes_down = 0
         self.bytes_swallowed = 0
         self.connections_accepted = 0
+        self.client_hosts: list[str] = []
+        self._source_faults: dict[str, Fault] = {}  # faults of one client address, over the proxy-wide one
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._connections: set[_Connection] = set()
@@ -208,9 +216,14 @@ class FaultProxy:
         # Last: from Python 3.12 on, wait_closed() also waits for the accepted connections to end.
         await server.wait_closed()
 
+    def fault_for(self, host: str) -> Fault:
+        return self._source_faults.get(host, self.fault)
+
     def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections_accepted += 1
-        if self._server is None or self.fault is Fault.RESET:
+        host = str(writer.get_extra_info("peername")[0])
+        self.client_hosts.append(host)
+        if self._server is None or self.fault_for(host) is Fault.RESET:
             _abort_with_rst(writer)
             return
         conn = _Connection(self, reader, writer)
@@ -244,11 +257,17 @@ class FaultProxy:
             raise ValueError(f"round-trip time {rtt_s} s is out of range")
         self.one_way_s = rtt_s / 2
 
-    def blackhole(self) -> None:
-        """Enter the dead zone: open connections go silent for good, new ones are accepted and swallowed."""
-        self.fault = Fault.BLACKHOLE
+    def blackhole(self, source: str | None = None) -> None:
+        """Enter the dead zone: open connections go silent for good, new ones are accepted and swallowed.
+
+        With `source`, only the connections from that client address."""
+        if source is None:
+            self.fault = Fault.BLACKHOLE
+        else:
+            self._source_faults[source] = Fault.BLACKHOLE
         for conn in self._connections:
-            conn.dead = True
+            if source in (None, conn.host):
+                conn.dead = True
 
     def reset(self) -> None:
         """RST every open connection, and every new one until `restore()`."""
@@ -256,10 +275,16 @@ class FaultProxy:
         for conn in list(self._connections):
             conn.abort()
 
-    def restore(self) -> None:
-        """Pass-through with no delay; connections from the dead zone are dropped with a RST."""
-        self.fault = Fault.NONE
-        self.one_way_s = 0.0
+    def restore(self, source: str | None = None) -> None:
+        """Pass-through with no delay; connections from the dead zone are dropped with a RST.
+
+        With `source`, only that client address's fault ends (the delay stays)."""
+        if source is None:
+            self.fault = Fault.NONE
+            self.one_way_s = 0.0
+            self._source_faults.clear()
+        else:
+            self._source_faults.pop(source, None)
         for conn in list(self._connections):
-            if conn.dead:
+            if conn.dead and source in (None, conn.host):
                 conn.abort()

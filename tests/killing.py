@@ -177,7 +177,7 @@ def write_config(workdir: Path, backend_url: str, scenario: Scenario) -> Path:
     """The busy cluster: 2 RTU slaves on one pty line, 2 Modbus TCP slaves, fast EVs, 1 s samples."""
     config = {
         "charge_point": {"identity": IDENTITY, "vendor": "OpenGateway", "model": "Cluster", "serial_number": "KILL-1"},
-        "backend": {"url": backend_url},
+        "backend": {"url": backend_url, "insecure_lab_mode": True},
         "buses": [
             {"name": "rs485-1", "kind": "rtu", "port": str(workdir / "ttyRS485-1"), "baudrate": 19200, "parity": "N", "stopbits": 1, "poll_interval_s": 1.0},
             {"name": "lan", "kind": "tcp", "poll_interval_s": 1.0},

@@ -350,12 +350,17 @@ class OcppRpcBackend:
         heartbeat_interval: int | None = None,
         id_tag_status: str | None = None,
         refuse: dict[str, int] | None = None,
+        password_hex: str | None = None,
     ) -> None:
         """Change how later BootNotification / Authorize / Start- and StopTransaction are answered.
 
         refuse={"MeterValues": 2} answers the next two MeterValues with a CALLERROR InternalError.
+        password_hex: the Basic-auth password required from now on (the bytes of an AuthorizationKey).
         """
-        settings = {"bootStatus": boot_status, "heartbeatInterval": heartbeat_interval, "idTagStatus": id_tag_status, "refuse": refuse}
+        settings = {
+            "bootStatus": boot_status, "heartbeatInterval": heartbeat_interval, "idTagStatus": id_tag_status,
+            "refuse": refuse, "passwordHex": password_hex,
+        }
         await self._command(
             {"cmd": "configure", **{k: v for k, v in settings.items() if v is not None}}, ("ack",), 10.0
         )

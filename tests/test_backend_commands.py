@@ -41,7 +41,7 @@ def cluster_config(
 ) -> Config:
     doc = {
         "charge_point": {"identity": IDENTITY, "vendor": "OpenGateway", "model": "Cluster"},
-        "backend": {"url": backend_url},
+        "backend": {"url": backend_url, "insecure_lab_mode": True},
         "buses": [{"name": "lan", "kind": "tcp", "poll_interval_s": 0.5}],
         "connectors": [
             {"id": c, "bus": "lan", "host": "127.0.0.1", "port": free_port(), "unit": UNITS.get(profile, 1), "profile": profile}

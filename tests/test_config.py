@@ -65,19 +65,21 @@ def test_demo_config() -> None:
     assert config.simulator.idle_s == (180, 300) and config.simulator.session_kwh == (1.5, 4.0)
     assert set(config.profiles) == {HEIDELBERG}
     assert all(config.profile_of(c).name == HEIDELBERG for c in config.connectors)
-    # The one expected warning: the demo line is declared N, the profile says E.
-    parity_line = DEMO.read_text().splitlines().index("    parity: N") + 1
-    assert [(w.line, w.path) for w in warnings] == [(parity_line, "buses[0].parity")]
-    assert "expects E" in warnings[0].message
+    # The expected warnings: the demo backend is plain ws; the demo line is declared N, the profile says E.
+    lines = DEMO.read_text().splitlines()
+    lab_line, parity_line = lines.index("  insecure_lab_mode: true         # plain ws is for a lab only; the daemon warns at every start") + 1, lines.index("    parity: N") + 1
+    assert sorted((w.line, w.path) for w in warnings) == [(lab_line, "backend.insecure_lab_mode"), (parity_line, "buses[0].parity")]
+    assert any("expects E" in w.message for w in warnings)
 
 
 def test_example_config_documents_every_key_and_loads() -> None:
     config, warnings = load_config_with_warnings(EXAMPLE)
     assert config.charge_point.identity == "CP-CLUSTER-01"
     assert config.backend.password_file == EXAMPLE.parent / "backend-password"  # need not exist
-    assert [w.path for w in warnings] == ["profile_dirs[0]"]  # /etc/charger-gateway/profiles is not here
+    # Not here: /etc/charger-gateway/profiles and the backend's files.
+    assert sorted(w.path for w in warnings) == ["backend.ca_file", "backend.password_file", "profile_dirs[0]"]
     text = EXAMPLE.read_text()
-    for section in ("charge_point", "backend", "buses", "connectors", "storage", "authorization", "ocpp", "simulator"):
+    for section in ("charge_point", "backend", "buses", "connectors", "storage", "authorization", "ocpp", "simulator", "uplinks", "failover"):
         obj = getattr(config, section)
         for item in obj if isinstance(obj, tuple) else (obj,):
             for key in vars(item):
@@ -229,6 +231,17 @@ ERRORS = [
     (B1 + "connectors:\n" + C0, B1 + "  - {name: asc, kind: ascii, port: /dev/ttyS4}\nconnectors:\n" + C0.replace("}\n", ", meter: {bus: asc, unit: 5, profile: eastron-sdm630}}\n"), 8, "connectors[0].meter.profile", "an ASCII line and an RTU line can never be mixed"),
     (M0, M0 + ", outlet: 2", 7, "connectors[0].outlet", "has one outlet (no outlet_stride): outlet 2 does not exist"),
     (M0, "profile: phoenix-ev-ser", 7, "connectors[0].profile", "connector 1: profile 'phoenix-ev-ser' has no energy register; give the connector a meter"),
+    # The way to the backend: secure unless told otherwise, and only what the files given can serve.
+    ('"wss://csms.example.net/ocpp"', '"ws://csms.example.net/ocpp"', 2, "backend.url", "plain ws:// is refused"),
+    ('"wss://csms.example.net/ocpp"}', '"wss://csms.example.net/ocpp", security_profile: 3}', 2, "backend.security_profile", "needs a wss:// URL, client_cert and client_key"),
+    ('"wss://csms.example.net/ocpp"}', '"wss://csms.example.net/ocpp", security_profile: 2}', 2, "backend.security_profile", "needs a wss:// URL and password_file"),
+    ('"wss://csms.example.net/ocpp"}', '"ws://csms.example.net/ocpp", insecure_lab_mode: true, security_profile: 2}', 2, "backend.security_profile", "TLS with Basic auth"),
+    ('"wss://csms.example.net/ocpp"}', '"wss://csms.example.net/ocpp", client_cert: /etc/hostname}', 2, "backend.client_key", "client_cert and client_key go together"),
+    ("storage: {path: gateway.db}", "storage: {path: gateway.db}\nuplinks: [{name: wired, interface: eth0}, {name: wired, interface: ppp0}]", 11, "uplinks[1].name", "already the name of uplinks[0]"),
+    ("storage: {path: gateway.db}", "storage: {path: gateway.db}\nuplinks: [{name: wired, interface: eth0}, {name: gprs}]", 11, "uplinks[1]", "each needs an interface or a source_address"),
+    ("storage: {path: gateway.db}", "storage: {path: gateway.db}\nuplinks: [{name: wired, source_address: 192.168.1.300}]", 11, "uplinks[0].source_address", "not an IPv4 or IPv6 address"),
+    ("storage: {path: gateway.db}", "storage: {path: gateway.db}\nuplinks: [{name: wired, interface: a/b}]", 11, "uplinks[0].interface", "not a network interface name"),
+    ("storage: {path: gateway.db}", "storage: {path: gateway.db}\nfailover: {failback_after_s: 60, probe_interval_s: 120}", 11, "failover.probe_interval_s", "longer than failback_after_s"),
 ]  # fmt: skip
 
 
@@ -245,8 +258,9 @@ WARNINGS = [
     ("poll_interval_s: 2}", "poll_interval_s: 5}", 4, "buses[0].poll_interval_s", "above a quarter of the 15 s watchdog"),
     ("{id: 3,", "{id: 5,", 6, "connectors", "connector ids [1, 2, 5] are not 1..3"),
     ("profile: heidelberg-energy-control}\n  - {id: 2", "profile: heidelberg-energy-control, max_current_a: 32}\n  - {id: 2", 7, "connectors[0].max_current_a", "above the 16 A maximum"),
-    ('{url: "wss://csms.example.net/ocpp"}', '{url: "ws://csms.example.net/ocpp", password_file: pw}', 2, "backend.url", "in clear text"),
-    ('{url: "wss://csms.example.net/ocpp"}', '{url: "ws://csms.example.net/ocpp", ca_file: ca.pem}', 2, "backend.ca_file", "not used with a plain ws://"),
+    ('{url: "wss://csms.example.net/ocpp"}', '{url: "ws://csms.example.net/ocpp", insecure_lab_mode: true}', 2, "backend.insecure_lab_mode", "never in the field"),
+    ('{url: "wss://csms.example.net/ocpp"}', '{url: "wss://csms.example.net/ocpp", insecure_lab_mode: true}', 2, "backend.insecure_lab_mode", "has no effect with wss://"),
+    ('{url: "wss://csms.example.net/ocpp"}', '{url: "wss://csms.example.net/ocpp", password_file: /nonexistent/pw}', 2, "backend.password_file", "/nonexistent/pw: no such file (yet)"),
 ]  # fmt: skip
 
 
@@ -364,10 +378,12 @@ def test_relative_paths_are_taken_from_the_config_directory(tmp_path: Path, monk
     text = (
         BASE.replace("port: /dev/ttyS1", "port: ../../dev/ttyX")
         .replace("storage: {path: gateway.db}", "storage: {path: data/gateway.db}")
-        .replace('{url: "wss://csms.example.net/ocpp"}', '{url: "wss://csms.example.net/ocpp", password_file: secret, ca_file: /abs/ca.pem}')
+        .replace('{url: "wss://csms.example.net/ocpp"}', f'{{url: "wss://csms.example.net/ocpp", password_file: secret, ca_file: {tmp_path}/ca.pem}}')
         .replace(C0, C0.replace(HEIDELBERG, "site-box"))
     ) + "profile_dirs: [profiles]\n"  # fmt: skip
     write(etc, text)
+    (etc / "secret").write_text("a password of 16+ bytes")
+    (tmp_path / "ca.pem").write_text("a CA bundle")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -376,7 +392,7 @@ def test_relative_paths_are_taken_from_the_config_directory(tmp_path: Path, monk
     assert config.bus("line1").port == str(tmp_path / "dev" / "ttyX")
     assert config.storage.path == etc / "data" / "gateway.db"
     assert config.backend.password_file == etc / "secret"
-    assert config.backend.ca_file == Path("/abs/ca.pem")
+    assert config.backend.ca_file == tmp_path / "ca.pem"
     assert config.profiles["site-box"].source == etc / "profiles" / "site-box.yaml"
     assert set(config.profiles) == {"site-box", HEIDELBERG}
 

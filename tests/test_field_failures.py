@@ -274,7 +274,7 @@ async def test_failure_07_websocket_pings_are_configurable_and_detect_a_dead_zon
             await asyncio.sleep(3)
             assert proxy.bytes_up + proxy.bytes_down == before, "no ping, no heartbeat: not one byte"
 
-        pinging = BackendSettings(url=proxy.url_for(backend.url), ping_interval_s=1, reconnect_min_s=0.5, reconnect_max_s=2)
+        pinging = BackendSettings(url=proxy.url_for(backend.url), ping_interval_s=1, ping_timeout_s=1, reconnect_min_s=0.5, reconnect_max_s=2)
         uplink = Uplink(INFO, pinging, OcppSettings(), store, CLOCK, statuses)
         async with running(uplink):
             await asyncio.wait_for(uplink.connected.wait(), 10)
@@ -388,7 +388,7 @@ def _four_boxes_on_one_line(directory: Path) -> Path:
     connectors = "\n".join(f"  - {{id: {u}, bus: rs485, unit: {u}, profile: heidelberg-energy-control}}" for u in (1, 2, 3, 4))
     path.write_text(
         "charge_point: {identity: CP-LINE, vendor: OpenGateway, model: Cluster}\n"
-        "backend: {url: 'ws://127.0.0.1:9/ocpp'}\n"
+        "backend: {url: 'ws://127.0.0.1:9/ocpp', insecure_lab_mode: true}\n"
         f"buses:\n  - {{name: rs485, kind: rtu, port: {directory / 'tty'}, baudrate: 19200, parity: N, poll_interval_s: 2}}\n"
         f"connectors:\n{connectors}\n"
         f"storage: {{path: {directory / 'gw.db'}}}\n"

@@ -43,7 +43,7 @@ def meter_config(tmp_path: Path) -> Config:
     (profiles / f"{BOX}.yaml").write_text(text)
     doc: dict[str, Any] = {
         "charge_point": {"identity": "CP-METER", "vendor": "OpenGateway", "model": "Cluster"},
-        "backend": {"url": "ws://127.0.0.1:9/ocpp"},  # nobody there: sessions are committed offline
+        "backend": {"url": "ws://127.0.0.1:9/ocpp", "insecure_lab_mode": True},  # nobody there: sessions are committed offline
         "buses": [
             {"name": "boxes", "kind": "rtu", "port": str(tmp_path / "ttyBoxes"), "parity": "N", "poll_interval_s": 0.5},
             {"name": "meters", "kind": "rtu", "port": str(tmp_path / "ttyMeters"), "parity": "N", "baudrate": 9600},

@@ -26,7 +26,7 @@ LIMIT_REGISTER = 261  # Heidelberg holding register: current limit, 0.1 A
 def line_config(tmp_path: Path) -> Config:
     doc = {
         "charge_point": {"identity": "CP-POLL", "vendor": "t", "model": "t"},
-        "backend": {"url": "ws://127.0.0.1:9/ocpp"},
+        "backend": {"url": "ws://127.0.0.1:9/ocpp", "insecure_lab_mode": True},
         "buses": [{"name": "rs485", "kind": "rtu", "port": str(tmp_path / "tty"), "parity": "N", "poll_interval_s": 1.0}],
         "connectors": [{"id": 1, "bus": "rs485", "unit": 1, "profile": "heidelberg-energy-control"}],
         "storage": {"path": str(tmp_path / "gw.db")},
@@ -145,7 +145,7 @@ def profile_config(tmp_path: Path, profile: str, *, meter: bool = False, kind: s
         connector["meter"] = {"bus": "meters", "unit": 1, "profile": "eastron-sdm630"}
     doc = {
         "charge_point": {"identity": "CP-POLL", "vendor": "t", "model": "t"},
-        "backend": {"url": "ws://127.0.0.1:9/ocpp"},
+        "backend": {"url": "ws://127.0.0.1:9/ocpp", "insecure_lab_mode": True},
         "buses": buses,
         "connectors": [connector],
         "storage": {"path": str(tmp_path / "gw.db")},

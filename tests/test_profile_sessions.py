@@ -79,7 +79,7 @@ def session_config(tmp_path: Path, name: str, with_meter: bool = False) -> Confi
         connector["meter"] = meter
     doc = {
         "charge_point": {"identity": "CP-PROFILES", "vendor": "OpenGateway", "model": "Cluster"},
-        "backend": {"url": "ws://127.0.0.1:9/ocpp"},  # nobody there: sessions are committed offline
+        "backend": {"url": "ws://127.0.0.1:9/ocpp", "insecure_lab_mode": True},  # nobody there: sessions are committed offline
         "buses": buses,
         "connectors": [connector],
         "storage": {"path": str(tmp_path / "gw.db")},

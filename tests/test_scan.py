@@ -104,7 +104,7 @@ def site_config(tmp_path: Path, bus_yaml: str, block: str) -> Path:
     path = tmp_path / "site.yaml"
     path.write_text(
         "charge_point: {identity: SITE, vendor: v, model: m}\n"
-        'backend: {url: "ws://127.0.0.1:9/ocpp"}\n'
+        'backend: {url: "ws://127.0.0.1:9/ocpp", insecure_lab_mode: true}\n'
         f"buses:\n  - {bus_yaml}\n"
         f"storage: {{path: {tmp_path / 'gw.db'}}}\n" + block
     )

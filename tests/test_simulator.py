@@ -719,7 +719,7 @@ async def test_a_seed_makes_a_run_repeat(tmp_path: Path) -> None:
 
 _CLI_CONFIG = """
 charge_point: {{identity: SIM-TEST, vendor: Test, model: Cluster}}
-backend: {{url: "ws://127.0.0.1:9/ocpp"}}
+backend: {{url: "ws://127.0.0.1:9/ocpp", insecure_lab_mode: true}}
 buses:
   - {{name: rs485, kind: rtu, port: {port}, baudrate: 19200, parity: N}}
 connectors:

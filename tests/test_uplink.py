@@ -12,10 +12,11 @@ from websockets import Subprotocol
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from gateway.ocpp_link import OcppLink as _Link
 from gateway.session import Transaction, TransactionStarted, TransactionStopped
 from gateway.settings import BackendSettings, OcppSettings
 from gateway.store import Store
-from gateway.uplink import Uplink, _Link
+from gateway.uplink import Uplink
 from tests.ocpp_rpc_peer import OcppRpcBackend, make_self_signed_cert
 from tests.uplinks import CLOCK, INFO, drained, offline_session, running, statuses
 

@@ -126,7 +126,7 @@ def write_config(workdir: Path, backend_url: str, scenario: WeekScenario) -> Pat
     """N Heidelberg boxes on the LAN (the TCP endpoints are never opened: DirectLine stands in)."""
     config = {
         "charge_point": {"identity": IDENTITY, "vendor": "OpenGateway", "model": "Cluster", "serial_number": "WEEK-1"},
-        "backend": {"url": backend_url, "response_timeout_s": 2, "reconnect_min_s": 0.2, "reconnect_max_s": 2},
+        "backend": {"url": backend_url, "insecure_lab_mode": True, "response_timeout_s": 2, "reconnect_min_s": 0.2, "reconnect_max_s": 2},
         "buses": [{"name": "lan", "kind": "tcp"}],  # polled by VirtualCluster.step, not by this period
         "connectors": [
             {"id": i, "bus": "lan", "host": "127.0.0.1", "port": 20000 + i, "unit": 1, "profile": "heidelberg-energy-control"}

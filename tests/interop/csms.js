@@ -39,7 +39,9 @@
  *   {"cmd":"close","id":..,"identity":..,"code"?:N,"force"?:bool}   drop a charge point
  *   {"cmd":"configure","id":..,"bootStatus"?:"Accepted|Pending|Rejected",
  *        "heartbeatInterval"?:N,"idTagStatus"?:"Accepted|Blocked|Expired|Invalid|ConcurrentTx",
- *        "refuse"?:{"METHOD":N}}   answer the next N calls of METHOD with a CALLERROR InternalError
+ *        "refuse"?:{"METHOD":N},   answer the next N calls of METHOD with a CALLERROR InternalError
+ *        "passwordHex"?:HEX}       from now on require this Basic-auth password (the bytes of HEX), as a
+ *                                  backend does after it set AuthorizationKey
  * EOF on stdin, SIGTERM or SIGINT: close every connection (1001) and exit 0.
  */
 
@@ -88,7 +90,8 @@ function refusable(method, handler) {
         return handler(call);
     };
 }
-const password = process.env.CSMS_PASSWORD;
+// The Basic-auth password required, as bytes (an AuthorizationKey is binary); configure.passwordHex replaces it.
+let password = process.env.CSMS_PASSWORD === undefined ? undefined : Buffer.from(process.env.CSMS_PASSWORD);
 
 // Global, not per connection: a charge point that reconnects must never be
 // handed a transactionId it was already given.
@@ -131,7 +134,7 @@ server.auth((accept, reject, handshake) => {
     }
     if (password !== undefined) {
         // ocpp-rpc gives a password only when the Basic-auth user equals the identity.
-        if (!handshake.password || !handshake.password.equals(Buffer.from(password))) {
+        if (!handshake.password || !handshake.password.equals(password)) {
             emit({ type: 'auth-rejected', identity, status: 401,
                    reason: handshake.headers.authorization ? 'bad credentials' : 'no credentials' });
             reject(401, 'Unauthorized');
@@ -255,6 +258,7 @@ async function runCommand(cmd) {
             if (cmd[key] !== undefined) settings[key] = cmd[key];
         }
         Object.assign(settings.refuse, cmd.refuse ?? {});
+        if (cmd.passwordHex !== undefined) password = Buffer.from(cmd.passwordHex, 'hex');
         emit({ type: 'ack', id });
         return;
     }
