@@ -24,6 +24,7 @@ from gateway.control import Control
 from gateway.errors import StoreError
 from gateway.load_sharing import Demand, SnapshotError
 from gateway.modbus_line import build_lines, line_key, meter_line_key
+from gateway.modem import ModemMonitor
 from gateway.poller import ConnectorPoller, MeterLink
 from gateway.reading import Reading
 from gateway.session import Connector, Effect, State, StatusChanged, TransactionStarted, TransactionStopped
@@ -34,6 +35,7 @@ from gateway.uplink import Uplink
 
 RESET_GRACE_S = 1.0  # the Reset.conf goes out before the transactions are stopped and the daemon restarts
 RESET_DRAIN_S = 10.0  # how long the StopTransactions of a reset get to reach the backend before the restart
+FIRST_MODEM_POLL_S = 10.0  # the first boot waits at most this long for the modems' ICCID and IMSI
 SITE_SNAPSHOT_S = 60.0  # the load sharer's turns are kept this often (a restart loses at most this much)
 
 
@@ -65,6 +67,7 @@ class Daemon:
         self._pending: list[Effect] = []  # effects not yet committed (the disk refused them)
         self._commit_lock = asyncio.Lock()
         self.control = Control(config, store, clock, cluster=self)
+        self.modems = {u.name: ModemMonitor(u.modem) for u in config.uplinks if u.modem is not None}
         self.uplink = Uplink(
             config.charge_point, config.backend, config.ocpp, store, clock,
             statuses=lambda: [self.statuses[c] for c in sorted(self.statuses)],
@@ -75,6 +78,7 @@ class Daemon:
             failover=config.failover,
             security_profile=lambda: self.control.configuration.int_value("SecurityProfile"),
             auth_keys=self.control.auth_keys,
+            boot_fields=self._sim_ids,
         )
         self.authorizer = Authorizer(self.control, clock, self.uplink.authorize, self.uplink.connected.is_set)
         self._deauthorized: set[str] = set()  # sessions the backend refused the idTag of, kept without current
@@ -294,6 +298,20 @@ class Daemon:
             ))
         return out
 
+    async def _first_modem_polls(self) -> None:
+        """The first BootNotification should carry the SIM's ids: the modems get a few seconds to tell them."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_MODEM_POLL_S):
+                while any(m.health.ok_at is None and m.health.problem is None for m in self.modems.values()):
+                    await asyncio.sleep(0.1)
+
+    def _sim_ids(self) -> dict[str, str]:
+        """BootNotification iccid and imsi: the SIM of the first modem that has told them."""
+        for monitor in self.modems.values():
+            if fields := monitor.health.boot_notification_fields():
+                return fields
+        return {}
+
     def _readings(self) -> dict[int, Reading]:
         return {p.settings.id: p.last_reading for p in self.pollers if p.last_reading is not None}
 
@@ -396,6 +414,9 @@ class Daemon:
                 tg.create_task(line.run(), name=f"line {line.name}")
             for poller in self.pollers:
                 tg.create_task(poller.run(), name=f"connector {poller.settings.id}")
+            for name, monitor in self.modems.items():
+                tg.create_task(monitor.run(), name=f"modem {name}")
+            await self._first_modem_polls()
             tg.create_task(self.uplink.run(), name="uplink")
             tg.create_task(self._reset_when_asked(), name="reset")
             tg.create_task(self._housekeeping(), name="housekeeping")

@@ -1,7 +1,9 @@
 """`charger-gateway simulate`: play every slave of a config on this machine, until stopped.
 
 Serial buses become pty lines linked at their configured port paths; TCP
-connectors become Modbus TCP servers on their (loopback) addresses. All of
+connectors become Modbus TCP servers on their (loopback) addresses; an
+uplink's modem becomes a simulated modem answering AT queries on a pty linked
+at its AT port path. All of
 them, and the clock that moves the EVs and watchdogs on, run in one
 asyncio.TaskGroup; stopping removes the port links again.
 
@@ -30,6 +32,7 @@ from gateway.errors import GatewayError
 from gateway.settings import BusSettings, Config, ConnectorSettings
 from gateway.simulator.errors import SimulatorError
 from gateway.simulator.ev import EvModel, EvTiming
+from gateway.simulator.modem import SimModem, SimModemPort
 from gateway.simulator.serial_server import PtyLink, serve_line
 from gateway.simulator.slave import SimSlave, SlaveEvent, TimeScale
 from gateway.simulator.tcp_server import TcpSimServer, open_tcp_server
@@ -153,19 +156,28 @@ async def run_simulation(
             )
             slave.energy_spec = meter_profile.values.get("energy")  # the session energy is the meter's
 
-    ports: dict[str, str] = {}
+    ports: dict[str, str] = {}  # absolute path -> what is linked there
     for bus in serial_buses:
         if not bus.port:
             raise SimulatorError(f"bus {bus.name}: a serial bus needs a port path to link the simulated line at")
-        if (other := ports.setdefault(os.path.abspath(bus.port), bus.name)) != bus.name:
-            raise SimulatorError(f"bus {bus.name}: port {bus.port} is also the port of bus {other}")
+        if (other := ports.setdefault(os.path.abspath(bus.port), f"bus {bus.name}")) != f"bus {bus.name}":
+            raise SimulatorError(f"bus {bus.name}: port {bus.port} is also the port of {other}")
+    at_ports = [(u.name, u.modem.at_port) for u in config.uplinks if u.modem is not None]
+    for uplink, at_port in at_ports:
+        if (other := ports.setdefault(os.path.abspath(at_port), f"uplink {uplink}")) != f"uplink {uplink}":
+            raise SimulatorError(f"uplink {uplink}: modem AT port {at_port} is also the port of {other}")
 
     links: list[PtyLink] = []
+    modems: list[SimModemPort] = []
     servers: list[TcpSimServer] = []
     try:
         for bus in serial_buses:
             assert bus.port is not None  # checked above
             links.append(PtyLink(bus.port))
+        for _uplink, at_port in at_ports:
+            modem = SimModemPort(SimModem(), at_port)
+            modem.open()
+            modems.append(modem)
         for (host, port), units in addresses.items():
             servers.append(await open_tcp_server(host, port, units))
         if ready is not None:
@@ -183,6 +195,8 @@ async def run_simulation(
             await server.close()
         for link in links:
             link.close()
+        for modem in modems:
+            modem.close()
 
 
 async def _tick(slaves: list[SimSlave]) -> None:
@@ -240,6 +254,9 @@ def main(
         for bus in config.buses:
             if bus.kind is not Framing.TCP:
                 print(f"bus {bus.name}: simulated {bus.kind.value} line at {bus.port}, {bus.baudrate} baud", flush=True)
+        for uplink in config.uplinks:
+            if uplink.modem is not None:
+                print(f"uplink {uplink.name}: simulated modem, AT port at {uplink.modem.at_port}", flush=True)
         errors: list[BaseException] = []
         try:
             asyncio.run(_run_until_signal(config, speed=speed, seed=seed, wire_delay=wire_delay, on_event=on_event))
