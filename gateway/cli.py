@@ -1,7 +1,8 @@
 """`charger-gateway`: the daemon and the tools installers and technicians run over SSH.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage, 78 config error (EX_CONFIG);
-`scan` also 1 when nothing answered and 69 (EX_UNAVAILABLE) when the line cannot be opened.
+`scan` also 1 when nothing answered and 69 (EX_UNAVAILABLE) when the line cannot be opened;
+`data-usage` 66 (EX_NOINPUT) when the config's database does not exist (the daemon never ran).
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gateway
 from gateway.devprofile import Framing, Profile
 from gateway.errors import ConfigError, ConfigIssue, GatewayError
 from gateway.settings import BusSettings
 
+if TYPE_CHECKING:
+    from gateway.data_usage import UsageRow
+
 EX_CONFIG = ConfigError.exit_code
 EX_UNAVAILABLE = 69  # sysexits.h: a serial line or service cannot be opened
+EX_NOINPUT = 66  # sysexits.h: an input file does not exist
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -34,8 +39,8 @@ def _setup_logging(verbose: bool) -> None:
     # pymodbus logs every timeout at ERROR; the line layer reports outages once instead.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if not verbose:  # the ocpp library logs every frame at INFO: a technician's -v, not the journal's default
-        logging.getLogger("ocpp").setLevel(logging.WARNING)
-        logging.getLogger("websockets").setLevel(logging.WARNING)
+        for frames in ("ocpp", "websockets", "gateway.frames", "gateway.websocket"):
+            logging.getLogger(frames).setLevel(logging.WARNING)
 
 
 def run_until_signalled(main: Coroutine[Any, Any, Any]) -> int:
@@ -252,6 +257,54 @@ def _add_scan(sub: Any) -> None:
     p.set_defaults(func=cmd_scan)
 
 
+def cmd_data_usage(args: argparse.Namespace) -> int:
+    """`data-usage`: the bytes each uplink moved, per UTC day and month, read from the daemon's database.
+
+    The database is only read, never created or migrated, so this is safe while the daemon runs.
+    """
+    import json
+
+    from gateway.clock import EARLIEST_VALID, Clock
+    from gateway.data_usage import day_key, first_day_needed, render_text, summarize, to_json
+
+    config = _load(args.config)
+    path = config.storage.path
+    if not path.is_file():
+        print(f"error: no database at {path}: the daemon has not run with this config yet", file=sys.stderr)
+        return EX_NOINPUT
+    clock = Clock()
+    today = day_key(clock.wall()) if clock.wall_is_valid() else None
+    rows = asyncio.run(_read_usage(path, None if today is None else first_day_needed(today, args.days)))
+    if today is None:  # this box believes it is 1970: show the days up to the last one counted
+        today = max((row.day for row in rows), default=day_key(EARLIEST_VALID))
+        print(f"warning: the system clock is not set; showing the days up to {today}, the last one with data", file=sys.stderr)
+    usages = summarize(rows, config.uplinks, today, args.days)
+    print(json.dumps(to_json(usages, today), indent=2) if args.json else render_text(usages), end="\n" if args.json else "")
+    return 0
+
+
+async def _read_usage(path: Path, since_day: str | None) -> list[UsageRow]:
+    from gateway.store import Store
+
+    store = await Store.open_read_only(path)
+    try:
+        return await store.usage(since_day=since_day)
+    finally:
+        await store.close()
+
+
+def _report_days(text: str) -> int:
+    from gateway.data_usage import MAX_REPORT_DAYS
+
+    try:
+        days = int(text)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= MAX_REPORT_DAYS:
+        raise argparse.ArgumentTypeError(f"a whole number of days, 1..{MAX_REPORT_DAYS}, not {text!r}")
+    return days
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="charger-gateway", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {gateway.__version__}")
@@ -294,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_profiles)
 
     _add_scan(sub)
+
+    p = sub.add_parser("data-usage", help="bytes each uplink moved, per UTC day and month, against its monthly budget")
+    p.add_argument("-c", "--config", required=True, metavar="FILE")
+    p.add_argument("--days", type=_report_days, default=7, metavar="N", help="the last N days, today included (default 7)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (bytes)")
+    p.set_defaults(func=cmd_data_usage)
 
     p = sub.add_parser("demo", help="simulator, demo backend and daemon together, on the demo config")
     p.add_argument("-c", "--config", default="config/demo.yaml", metavar="FILE")

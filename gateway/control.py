@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from ocpp.exceptions import OccurenceConstraintViolationError, PropertyConstraintViolationError
 
-from gateway.charging_profiles import ChargingProfile, ProfileLimits, ProfileRejected, Purpose, RateUnit, TxContext
 from gateway.auth_key import AuthKeyStore
+from gateway.charging_profiles import ChargingProfile, ProfileLimits, ProfileRejected, Purpose, RateUnit, TxContext
 from gateway.clock import Clock
 from gateway.local_auth import AuthCache, LocalList, UpdateStatus
 from gateway.ocpp_config import ChangeStatus, OcppConfiguration, TooManyKeys, seed_from_settings

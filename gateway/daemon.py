@@ -32,6 +32,7 @@ from gateway.settings import Config, ConnectorSettings
 from gateway.site_load import Outlet, SiteLoad
 from gateway.store import QueuedMessage, Store
 from gateway.uplink import Uplink
+from gateway.usage_recorder import UsageRecorder
 
 RESET_GRACE_S = 1.0  # the Reset.conf goes out before the transactions are stopped and the daemon restarts
 RESET_DRAIN_S = 10.0  # how long the StopTransactions of a reset get to reach the backend before the restart
@@ -68,6 +69,7 @@ class Daemon:
         self._commit_lock = asyncio.Lock()
         self.control = Control(config, store, clock, cluster=self)
         self.modems = {u.name: ModemMonitor(u.modem) for u in config.uplinks if u.modem is not None}
+        self.data_usage = UsageRecorder(store, clock, config.uplinks)
         self.uplink = Uplink(
             config.charge_point, config.backend, config.ocpp, store, clock,
             statuses=lambda: [self.statuses[c] for c in sorted(self.statuses)],
@@ -79,6 +81,7 @@ class Daemon:
             security_profile=lambda: self.control.configuration.int_value("SecurityProfile"),
             auth_keys=self.control.auth_keys,
             boot_fields=self._sim_ids,
+            record_traffic=self.data_usage.record,
         )
         self.authorizer = Authorizer(self.control, clock, self.uplink.authorize, self.uplink.connected.is_set)
         self._deauthorized: set[str] = set()  # sessions the backend refused the idTag of, kept without current

@@ -1,4 +1,4 @@
-"""The SQLite store: sessions, the event log and the outbox of transaction messages.
+"""The SQLite store: sessions, the event log, the outbox of transaction messages and the uplinks' data usage.
 
 An event counts as seen only once its commit returned. Durability choice:
 WAL journal with synchronous=FULL, so that every commit is fsync'ed to the WAL
@@ -20,6 +20,9 @@ byte-identical, with the same message id, and the backend can spot the
 duplicate (ocpp-gateway-notes.md, field failure 9). Merging pulls later
 samples of one transaction ahead of other transactions' rows; the order
 within each transaction, and Start before samples before Stop, is kept.
+
+Data usage is one row per uplink and UTC day (gateway.data_usage), added to
+in place; tools read it through `Store.open_read_only` while the daemon runs.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ import aiosqlite
 
 from gateway import ocpp_messages
 from gateway.clock import EARLIEST_VALID, Clock, fix_unset_stamp, iso, parse_iso
+from gateway.data_usage import UsageRow
 from gateway.errors import ClockUnset, LocalProtocolError, StoreError
 from gateway.session import Effect, StatusChanged, Transaction, TransactionStarted, TransactionStopped
+from gateway.traffic import Traffic
 
 log = logging.getLogger("gateway.store")
 
@@ -87,6 +92,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     boot TEXT,  -- set, with unset_offset, when the payload holds stamps taken while the clock was unset
     unset_offset REAL
 );
+CREATE TABLE IF NOT EXISTS uplink_usage (
+    uplink TEXT NOT NULL,
+    day TEXT NOT NULL,         -- UTC, YYYY-MM-DD
+    sent INTEGER NOT NULL,     -- bytes on the wire (gateway.traffic)
+    received INTEGER NOT NULL,
+    PRIMARY KEY (uplink, day)
+) WITHOUT ROWID;
 """
 
 _ADDED_COLUMNS = {"frozen": "INTEGER NOT NULL DEFAULT 0", "boot": "TEXT", "unset_offset": "REAL"}
@@ -136,9 +148,9 @@ def _thinned(rows: Sequence[tuple[int, str]], k: int) -> list[int]:
     return doomed
 
 
-async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
-    """Run `cleanup` to its end even if the caller is cancelled meanwhile; that cancel is raised after it."""
-    task = asyncio.ensure_future(cleanup)
+async def run_to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` to its end even if the caller is cancelled meanwhile; that cancel is raised after it."""
+    task = asyncio.ensure_future(work)
     cancelled = False
     while True:
         try:
@@ -195,6 +207,7 @@ class Store:
         # transactionId by session key, for open sessions: smart charging asks at every poll, and only
         # acknowledge() ever sets it, so the copy stays true; None until the StartTransaction is answered.
         self._tx_ids: dict[str, int | None] = {}
+        self._has_usage = True  # False only in a read-only view of a file made before usage was counted
 
     @classmethod
     async def open(cls, path: Path, clock: Clock | None = None, budget_mb: float = 128.0) -> Store:
@@ -225,6 +238,35 @@ class Store:
         await store.alarm(0, f"database was corrupt and was replaced; the old file is {aside.name}", (clock or Clock()).wall())
         return store
 
+    @classmethod
+    async def open_read_only(cls, path: Path) -> Store:
+        """A view of an existing store for tools, safe while the daemon writes to it; StoreError if it cannot be read.
+
+        It never creates, checks or migrates anything (the daemon does that on open). In WAL mode
+        a reader shares the daemon's -wal and -shm files. When there is no -wal file, the daemon
+        is not running and closed the file cleanly, so everything is in the main file, and the
+        view is opened immutable: a reader would otherwise leave -wal and -shm files behind,
+        owned by whoever ran the tool, which the daemon might then be unable to open.
+        """
+        if not path.is_file():
+            raise StoreError(f"{path}: no such database")
+        flags = "mode=ro" if Path(f"{path}-wal").exists() else "mode=ro&immutable=1"
+        try:
+            db = await aiosqlite.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: {exc}") from exc
+        try:
+            async with db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'uplink_usage'") as cursor:
+                row = await cursor.fetchone()
+        except BaseException as exc:
+            await db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{path}: {exc}") from exc
+            raise
+        store = cls(db, path, 0)
+        store._has_usage = bool(row and row[0])
+        return store
+
     async def close(self) -> None:
         await self._db.close()
 
@@ -244,7 +286,7 @@ class Store:
                 yield self._db
                 await self._db.execute("COMMIT")
             except BaseException as exc:
-                await _to_the_end(self._close_open_transaction())
+                await run_to_the_end(self._close_open_transaction())
                 if isinstance(exc, sqlite3.Error):
                     raise StoreError(f"{self.path}: {exc}") from exc
                 raise
@@ -488,6 +530,46 @@ class Store:
     async def alarm(self, connector_id: int, text: str, wall: float) -> None:
         """An alarm for the operator: kept in the event log (the technician's `status` shows them)."""
         await self._write([self._event_row(wall, connector_id, "alarm", {"text": text})])
+
+    async def add_usage(self, uplink: str, day: str, traffic: Traffic, wall: float, alarms: Sequence[str] = ()) -> None:
+        """Add an uplink's traffic to its UTC day, with the budget alarms it raised (stamped `wall`), in one commit.
+
+        The alarms go in the same commit as the traffic that crossed the threshold: a
+        threshold is detected only by the month's total passing it, so an alarm committed
+        apart from its traffic could be lost for good.
+        """
+        rows: list[tuple[str, tuple]] = [(
+            "INSERT INTO uplink_usage VALUES (?, ?, ?, ?) ON CONFLICT (uplink, day) "
+            "DO UPDATE SET sent = sent + excluded.sent, received = received + excluded.received",
+            (uplink, day, traffic.sent, traffic.received),
+        )]
+        rows += [self._event_row(wall, 0, "alarm", {"text": text}) for text in alarms]
+        await self._write(rows)
+
+    async def usage(self, uplink: str | None = None, since_day: str | None = None) -> list[UsageRow]:
+        """The recorded usage, per uplink and UTC day (sorted so), of one uplink or all, from `since_day` on."""
+        if not self._has_usage:
+            return []
+        sql = "SELECT uplink, day, sent, received FROM uplink_usage WHERE (? IS NULL OR uplink = ?) AND (? IS NULL OR day >= ?) ORDER BY uplink, day"
+        rows = await self._read(sql, (uplink, uplink, since_day, since_day))
+        return [UsageRow(str(name), str(day), Traffic(int(sent), int(received))) for name, day, sent, received in rows]
+
+    async def month_usage(self, uplink: str, month: str) -> Traffic:
+        """An uplink's total in a UTC month (YYYY-MM)."""
+        if not self._has_usage:
+            return Traffic()
+        rows = await self._read(
+            "SELECT coalesce(sum(sent), 0), coalesce(sum(received), 0) FROM uplink_usage WHERE uplink = ? AND substr(day, 1, 7) = ?",
+            (uplink, month),
+        )
+        return Traffic(int(rows[0][0]), int(rows[0][1]))
+
+    async def _read(self, sql: str, args: tuple) -> list[Any]:
+        try:
+            async with self._db.execute(sql, args) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
 
     async def acknowledge(self, message: QueuedMessage, result: dict) -> None:
         """The backend answered `message`: drop it, and keep the transactionId a StartTransaction got."""

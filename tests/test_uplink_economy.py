@@ -82,3 +82,8 @@ async def test_the_first_boot_carries_the_sim_ids_the_modem_tells(tmp_path: Path
         boot = backend.calls("BootNotification", IDENTITY)[0]["params"]
         assert boot["iccid"] == SimModem.iccid and boot["imsi"] == SimModem.imsi
         assert backend.violations == []
+    # The bytes of that link were counted at its socket and kept, under the uplink's name.
+    store = await Store.open(config.storage.path)
+    rows = await store.usage("gprs")
+    await store.close()
+    assert rows and rows[0].traffic.sent > 500 and rows[0].traffic.received > 300  # boot and statuses, headers estimated
