@@ -200,8 +200,8 @@ class Uplink:
                     self.failover.fail_back(again.failback_to, self.clock.monotonic())
                     log.warning("uplink: back to %s, healthy again", self.failover.active_name)
                 continue
-            except _ClockNotSet as exc:
-                problem = str(exc)  # not the link's fault: no failover, try again when NTP may have run
+            except _NotReady as exc:
+                problem = str(exc)  # not the link's fault: no failover; try again later (NTP, provisioning)
             except (TimeoutError, OSError, websockets.exceptions.WebSocketException, UplinkError) as exc:
                 problem = _describe(exc)
                 if self.failover.failed(self.clock.monotonic(), [interface_usable(u) for u in self.uplinks]):
@@ -230,18 +230,21 @@ class Uplink:
                 return key
         # No key from the backend (or it was refused and there is none before it): the installer's password.
         if self.backend.password_file is not None:
-            return self.backend.password_file.read_text().strip().encode()
+            try:
+                return self.backend.password_file.read_text().strip().encode()
+            except OSError as exc:
+                raise _NotReady(f"password_file {self.backend.password_file}: {exc.strerror}") from None
         return None
 
     async def _open(self, uplink: UplinkSettings, profile: int, tls: ssl.SSLContext | None) -> tuple[ClientConnection, SocketMeter]:
-        host, port = host_and_port(self.backend.url)
-        # TCP, TLS and the websocket handshake each get as long as the backend gets to answer a call.
-        sock = await open_socket(host, port, uplink, self.backend.response_timeout_s)
-        meter = SocketMeter(sock)
         headers: dict[str, str] = {}
         password = self._password() if profile in (1, 2) or (profile == 0 and self.backend.password_file) else None
         if password is not None:
             headers = basic_auth_header(self.info.identity, password)
+        host, port = host_and_port(self.backend.url)
+        # TCP, TLS and the websocket handshake each get as long as the backend gets to answer a call.
+        sock = await open_socket(host, port, uplink, self.backend.response_timeout_s)
+        meter = SocketMeter(sock)
         try:
             ws = await connect(
                 backend_url(self.backend, self.info.identity),
@@ -269,8 +272,11 @@ class Uplink:
         tls: ssl.SSLContext | None = None
         if is_tls(self.backend.url):
             if (why := clock_problem(self.clock.system_wall())) is not None:
-                raise _ClockNotSet(why)
-            tls = tls_context(self.backend, profile)
+                raise _NotReady(why)
+            try:
+                tls = tls_context(self.backend, profile)
+            except OSError as exc:  # a CA file or client certificate not there (yet) or unreadable
+                raise _NotReady(f"TLS files: {exc.strerror or exc}: {exc.filename or ''}") from None
         try:
             ws, meter = await self._open(uplink, profile, tls)
         except websockets.exceptions.InvalidStatus as exc:
@@ -529,8 +535,8 @@ class Uplink:
             await self._on_answer(message, result)
 
 
-class _ClockNotSet(UplinkError):
-    """The system clock is before any certificate's validity: TLS must wait for NTP."""
+class _NotReady(UplinkError):
+    """This box is not ready to connect (the clock is unset, a secret file is missing): not the uplink's fault."""
 
 
 def _describe(exc: BaseException) -> str:

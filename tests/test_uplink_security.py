@@ -23,7 +23,7 @@ import pytest
 
 from gateway.auth_key import AuthKeyStore
 from gateway.clock import EARLIEST_VALID, Clock
-from gateway.settings import BackendSettings, Config, OcppSettings
+from gateway.settings import BackendSettings, Config, OcppSettings, UplinkSettings
 from gateway.store import Store
 from gateway.uplink import Uplink
 from gateway.uplink_security import LAB_WARNING
@@ -271,3 +271,24 @@ async def test_a_new_key_the_backend_then_refuses_gives_way_to_the_one_before(tm
             await asyncio.wait_for(daemon.uplink.connected.wait(), 15)
         assert AuthKeyStore(tmp_path).current() is None, "back to the installer's password"
 
+
+
+async def test_a_missing_password_file_is_named_and_fails_no_uplink_over(tmp_path: Path) -> None:
+    cert, key = make_self_signed_cert(tmp_path)
+    store = await Store.open(tmp_path / "gw.db")
+    async with OcppRpcBackend(password=INSTALLER_PASSWORD, tls_cert=cert, tls_key=key) as backend:
+        password = tmp_path / "not-provisioned-yet"
+        settings = BackendSettings(url=backend.url, ca_file=cert, password_file=password, reconnect_min_s=0.2, reconnect_max_s=0.5)
+        uplink = Uplink(
+            INFO, settings, OcppSettings(), store, CLOCK, statuses,
+            uplinks=(UplinkSettings("wired", interface="lo"), UplinkSettings("gprs", interface="lo")),
+        )
+        async with running(uplink):
+            await until(lambda: uplink.problem is not None)
+            await asyncio.sleep(1.0)  # several tries
+            assert f"password_file {password}: No such file or directory" in (uplink.problem or "")
+            assert uplink.status().uplink == "wired", "a file missing here is no reason to leave the uplink"
+            assert backend.of_type("connect") == [] and backend.of_type("auth-rejected") == []
+            password.write_text(INSTALLER_PASSWORD)
+            await asyncio.wait_for(uplink.connected.wait(), 10)
+    await store.close()
