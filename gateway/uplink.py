@@ -188,7 +188,6 @@ class Uplink:
         """Connect, serve, reconnect; forever, until cancelled."""
         if not is_tls(self.backend.url):
             log.warning("%s", LAB_WARNING)
-        failing = False
         while True:
             uplink = self.uplinks[self.failover.active]
             try:
@@ -200,8 +199,8 @@ class Uplink:
                     self.failover.fail_back(again.failback_to, self.clock.monotonic())
                     log.warning("uplink: back to %s, healthy again", self.failover.active_name)
                 continue
-            except _NotReady as exc:
-                problem = str(exc)  # not the link's fault: no failover; try again later (NTP, provisioning)
+            except (_NotReady, BackendRefused) as exc:
+                problem = str(exc)  # this box or the backend, not the path: no failover
             except (TimeoutError, OSError, websockets.exceptions.WebSocketException, UplinkError) as exc:
                 problem = _describe(exc)
                 if self.failover.failed(self.clock.monotonic(), [interface_usable(u) for u in self.uplinks]):
@@ -213,11 +212,11 @@ class Uplink:
             finally:
                 self.connected.clear()
                 self._compression = False
+            was_up = self.problem is None  # the link was up (it clears the problem at boot), or this is the first try
             self.problem = f"{uplink.name}: {problem}"
             delay = next(self._backoff)
-            if not failing:
+            if was_up:  # a warning when the link goes down; each further failed try only at debug
                 log.warning("uplink %s down (%s); reconnecting in %.1f s", uplink.name, problem, delay)
-                failing = True
             else:
                 log.debug("uplink %s still down (%s); next try in %.1f s", uplink.name, problem, delay)
             await asyncio.sleep(delay)
@@ -238,7 +237,7 @@ class Uplink:
 
     async def _open(self, uplink: UplinkSettings, profile: int, tls: ssl.SSLContext | None) -> tuple[ClientConnection, SocketMeter]:
         headers: dict[str, str] = {}
-        password = self._password() if profile in (1, 2) or (profile == 0 and self.backend.password_file) else None
+        password = None if profile == 3 else self._password()  # profile 3 proves itself with its certificate
         if password is not None:
             headers = basic_auth_header(self.info.identity, password)
         host, port = host_and_port(self.backend.url)
@@ -311,7 +310,7 @@ class Uplink:
                     profile, ", permessage-deflate" if self._compression else "",
                 )
                 try:
-                    await self._serve_link(link, ws, uplink, meter)
+                    await self._serve_link(link, ws, uplink, meter, tls)
                 except asyncio.CancelledError:
                     # Shutting down: tell the backend we are going away (1001), not that we crashed (1011).
                     await ws.close(websockets.CloseCode.GOING_AWAY)
@@ -332,7 +331,9 @@ class Uplink:
         if self._reconnect_wanted is not None:
             self._reconnect_now.set()
 
-    async def _serve_link(self, link: OcppLink, ws: ClientConnection, uplink: UplinkSettings, meter: SocketMeter) -> None:
+    async def _serve_link(
+        self, link: OcppLink, ws: ClientConnection, uplink: UplinkSettings, meter: SocketMeter, tls: ssl.SSLContext | None
+    ) -> None:
         self._reconnect_wanted = None
         self._reconnect_now.clear()
         try:
@@ -352,7 +353,7 @@ class Uplink:
                 tg.create_task(self._send_statuses(link))
                 tg.create_task(self._drain(link))
                 tg.create_task(self._send_triggered(link))
-                tg.create_task(self._watch_preferred())
+                tg.create_task(self._watch_preferred(tls))
         except* _Reconnect as group:
             raise group.exceptions[0] from None
         # StoreError too: a full disk must not kill the daemon. The answer that could not be recorded is
@@ -391,8 +392,10 @@ class Uplink:
                 raise UplinkError(f"no pong within {self.backend.ping_timeout_s:g} s") from None
             link.last_received = self.clock.monotonic()
 
-    async def _watch_preferred(self) -> None:
-        """While a lesser uplink carries the link: probe the preferred ones, and go back to one proven healthy."""
+    async def _watch_preferred(self, tls: ssl.SSLContext | None) -> None:
+        """While a lesser uplink carries the link: probe the preferred ones, and go back to one proven healthy.
+
+        `tls` is the link's own context: a probe checks the backend exactly as the link did."""
         while True:
             now = self.clock.monotonic()
             self.failover.still_up(now)
@@ -400,7 +403,6 @@ class Uplink:
                 preferred = self.uplinks[index]
                 ok = interface_usable(preferred)
                 if ok:
-                    tls = tls_context(self.backend, self._security_profile()) if is_tls(self.backend.url) else None
                     why = await probe(self.backend.url, preferred, tls, self.backend.response_timeout_s, self._record)
                     ok = why is None
                     log.debug("uplink %s probed: %s", preferred.name, why or "reachable")
@@ -547,8 +549,6 @@ def _describe(exc: BaseException) -> str:
         if isinstance(cause, ssl.SSLError):
             return describe_tls_failure(cause)
         cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, ssl.SSLError):
-        return describe_tls_failure(exc)
     if isinstance(exc, UplinkError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: no answer in time"

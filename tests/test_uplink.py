@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from websockets import Subprotocol
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.ocpp_link import OcppLink as _Link
+from gateway.ocpp_link import OcppLink
 from gateway.session import Transaction, TransactionStarted, TransactionStopped
 from gateway.settings import BackendSettings, OcppSettings
 from gateway.store import Store
@@ -175,7 +176,7 @@ async def test_a_cancel_that_comes_with_the_answer_is_never_lost(turns_between: 
     async with serve(silent, "127.0.0.1", 0, subprotocols=[Subprotocol("ocpp1.6")]) as server:
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}/CP", subprotocols=[Subprotocol("ocpp1.6")]) as ws:
-            link = _Link("CP", ws, {}, response_timeout=5)
+            link = OcppLink("CP", ws, {}, response_timeout=5)
             call = asyncio.create_task(link.call_wire("Heartbeat", {}, "hb-1"))
             await asyncio.sleep(0.1)  # the CALL is out; the task waits for its answer
             link._response_queue.put_nowait(CallResult("hb-1", {"currentTime": "2026-11-21T10:00:00.000Z"}))
@@ -186,3 +187,20 @@ async def test_a_cancel_that_comes_with_the_answer_is_never_lost(turns_between: 
                     await call
             else:
                 assert (await call)["currentTime"]
+
+
+async def test_every_outage_is_warned_about_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Each time the link goes down the journal says so at WARNING, not only the first time; further tries at DEBUG."""
+    store = await Store.open(tmp_path / "gw.db")
+    async with OcppRpcBackend() as backend:
+        settings = BackendSettings(url=backend.url, insecure_lab_mode=True, reconnect_min_s=0.2, reconnect_max_s=0.5)
+        uplink = Uplink(INFO, settings, OcppSettings(), store, CLOCK, statuses)
+        with caplog.at_level(logging.WARNING, logger="gateway.uplink"):
+            async with running(uplink):
+                for outage in (1, 2):
+                    await asyncio.wait_for(uplink.connected.wait(), 10)
+                    await backend.close_connection(INFO.identity)
+                    await backend.wait_for_calls("BootNotification", outage + 1, timeout=10)
+        downs = [r for r in caplog.records if "down (" in r.getMessage()]
+        assert len(downs) == 2, [r.getMessage() for r in caplog.records]
+    await store.close()

@@ -273,7 +273,7 @@ async def test_a_new_key_the_backend_then_refuses_gives_way_to_the_one_before(tm
 
 
 
-async def test_a_missing_password_file_is_named_and_fails_no_uplink_over(tmp_path: Path) -> None:
+async def test_a_missing_or_refused_password_fails_no_uplink_over(tmp_path: Path) -> None:
     cert, key = make_self_signed_cert(tmp_path)
     store = await Store.open(tmp_path / "gw.db")
     async with OcppRpcBackend(password=INSTALLER_PASSWORD, tls_cert=cert, tls_key=key) as backend:
@@ -289,6 +289,11 @@ async def test_a_missing_password_file_is_named_and_fails_no_uplink_over(tmp_pat
             assert f"password_file {password}: No such file or directory" in (uplink.problem or "")
             assert uplink.status().uplink == "wired", "a file missing here is no reason to leave the uplink"
             assert backend.of_type("connect") == [] and backend.of_type("auth-rejected") == []
+            # A wrong password: the backend answered 401, so the path works; no reason to switch either.
+            password.write_text("not-the-installer-password")
+            await until(lambda: len(backend.of_type("auth-rejected")) >= 3)
+            assert uplink.status().uplink == "wired"
+            assert "HTTP 401" in (uplink.problem or "")
             password.write_text(INSTALLER_PASSWORD)
             await asyncio.wait_for(uplink.connected.wait(), 10)
     await store.close()
