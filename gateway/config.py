@@ -44,6 +44,7 @@ from gateway.yamlschema import (
     close_match,
     dataclass_map,
     load_document,
+    resolve_path,
     validate,
 )
 
@@ -231,17 +232,12 @@ def load_config_with_warnings(path: str | Path) -> tuple[Config, list[ConfigIssu
     return _build(data, base, profiles, base / Path(path).name), doc.warnings
 
 
-def _resolve(base: Path, value: str) -> Path:
-    """A path from the config, relative ones taken from the config file's directory."""
-    return Path(os.path.normpath(base / value))
-
-
 def _load_profiles(doc: Document, data: dict[str, Any], base: Path) -> dict[str, Profile]:
     """The profiles the connectors name. Faults inside a profile file join the config's issues."""
     dirs = []
     for i, name in enumerate(data.get("profile_dirs", [])):
         if isinstance(name, str):
-            directory = _resolve(base, name)
+            directory = resolve_path(base, name)
             if directory.is_dir():
                 dirs.append(directory)
             else:
@@ -350,7 +346,7 @@ class _Checks:
                 )
             if kind in SERIAL_KINDS and port is not None:
                 # One task owns each tty (STYLE 3): two buses on it would interleave frames.
-                tty = os.path.realpath(_resolve(self.base, port))
+                tty = os.path.realpath(resolve_path(self.base, port))
                 if tty in ttys:
                     self.error(
                         ("buses", i, "port"),
@@ -597,7 +593,7 @@ def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], sourc
     """Turn checked plain data into the frozen settings objects, resolving relative paths."""
 
     def bus(b: dict[str, Any]) -> BusSettings:
-        port = None if b["port"] is None else str(_resolve(base, b["port"]))
+        port = None if b["port"] is None else str(resolve_path(base, b["port"]))
         return BusSettings(**(b | {"kind": Framing(b["kind"]), "port": port}))
 
     ocpp, simulator = data["ocpp"], data["simulator"]
@@ -613,7 +609,7 @@ def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], sourc
             )
             for c in data["connectors"]
         ),
-        storage=StorageSettings(path=_resolve(base, data["storage"]["path"]), outbox_budget_mb=data["storage"]["outbox_budget_mb"]),
+        storage=StorageSettings(path=resolve_path(base, data["storage"]["path"]), outbox_budget_mb=data["storage"]["outbox_budget_mb"]),
         authorization=AuthorizationSettings(**data["authorization"]),
         site=SiteSettings(**(data["site"] | {"phase_limit_a": _tuple_or_none(data["site"]["phase_limit_a"])})),
         ocpp=OcppSettings(

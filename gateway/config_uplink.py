@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from gateway.profile_loader import BAUDRATES
 from gateway.settings import BackendSettings, FailoverSettings, ModemSettings, UplinkSettings
-from gateway.yamlschema import Document, Field, ListOf, dataclass_map
+from gateway.yamlschema import Document, Field, ListOf, dataclass_map, resolve_path
 
 _TIMEOUT = Field(float, above=0)
 _FILES = ("password_file", "ca_file", "client_cert", "client_key")
@@ -125,17 +125,16 @@ def _check_backend(doc: Document, backend: dict[str, Any], base: Path) -> None:
         # Warnings: the file may be provisioned later, and check-config may run as a user who may not read
         # the service's 0600 secrets. The uplink names the file again if it is still missing at the connect.
         if backend.get(key) is not None:
-            path = _resolve(base, backend[key])
+            path = resolve_path(base, backend[key])
             if not path.exists():
                 doc.warn(("backend", key), f"{path}: no such file (yet): the uplink cannot connect without it")
             elif not os.access(path, os.R_OK):
                 doc.warn(("backend", key), f"{path}: this user cannot read it (the service's user may)")
     if (backend.get("client_cert") is None) != (backend.get("client_key") is None):
         doc.error(("backend", "client_key" if backend.get("client_cert") else "client_cert"), "client_cert and client_key go together")
-    url = str(backend.get("url", ""))
     if "url" not in backend:
-        return
-    tls = url.startswith("wss://")
+        return  # missing or faulty: already reported
+    tls = str(backend["url"]).startswith("wss://")
     lab = backend.get("insecure_lab_mode", False)
     if not tls and not lab:
         doc.error(
@@ -149,17 +148,13 @@ def _check_backend(doc: Document, backend: dict[str, Any], base: Path) -> None:
     if not tls and backend.get("ca_file") is not None:
         doc.warn(("backend", "ca_file"), "is not used with a plain ws:// URL")
     has_password, has_cert = backend.get("password_file") is not None, backend.get("client_cert") is not None
-    wanted = backend.get("security_profile")
-    if wanted is None:
-        return  # inferred (gateway.uplink_security.inferred_profile)
-    needs = {
-        0: (None, ""),
+    needs: dict[int | None, tuple[bool, str]] = {  # what an explicit security_profile needs; absent, it is inferred
         1: (not tls and has_password, "profile 1 is Basic auth over ws:// (a lab): needs a ws:// URL and password_file"),
         2: (tls and has_password, "profile 2 is TLS with Basic auth: needs a wss:// URL and password_file"),
         3: (tls and has_cert, "profile 3 is mutual TLS: needs a wss:// URL, client_cert and client_key"),
     }
-    ok, why = needs[wanted]
-    if ok is False:
+    ok, why = needs.get(backend.get("security_profile"), (True, ""))
+    if not ok:
         doc.error(("backend", "security_profile"), why)
 
 
@@ -179,16 +174,11 @@ def _check_uplinks(doc: Document, uplinks: list[dict[str, Any]] | None) -> None:
                 doc.error(("uplinks", i), "with several uplinks each needs an interface or a source_address, or they are the same way out")
 
 
-def _resolve(base: Path, value: str) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else base / path
-
-
 def build(data: dict[str, Any], base: Path) -> tuple[BackendSettings, tuple[UplinkSettings, ...], FailoverSettings]:
     backend = data["backend"]
-    paths = {key: None if backend[key] is None else _resolve(base, backend[key]) for key in _FILES}
+    paths = {key: None if backend[key] is None else resolve_path(base, backend[key]) for key in _FILES}
     def modem(m: dict[str, Any] | None) -> ModemSettings | None:
-        return None if m is None else ModemSettings(**(m | {"at_port": str(_resolve(base, m["at_port"]))}))
+        return None if m is None else ModemSettings(**(m | {"at_port": str(resolve_path(base, m["at_port"]))}))
 
     uplinks = tuple(UplinkSettings(**(u | {"modem": modem(u["modem"])})) for u in data["uplinks"]) or (UplinkSettings("default"),)
     return BackendSettings(**(backend | paths)), uplinks, FailoverSettings(**data["failover"])

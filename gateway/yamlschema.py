@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,11 @@ class _Invalid:
 
 
 INVALID: Any = _Invalid()
+
+
+def resolve_path(base: Path, value: str) -> Path:
+    """A path given in a file, relative ones taken from that file's directory `base`."""
+    return Path(os.path.normpath(base / value))
 
 
 def format_path(path: KeyPath) -> str:
