@@ -24,7 +24,7 @@ from gateway.auth_key import AuthKeyStore
 from gateway.charging_profiles import ChargingProfile, ProfileLimits, ProfileRejected, Purpose, RateUnit, TxContext
 from gateway.clock import Clock
 from gateway.local_auth import AuthCache, LocalList, UpdateStatus
-from gateway.ocpp_config import ChangeStatus, OcppConfiguration, TooManyKeys, seed_from_settings
+from gateway.ocpp_config import ChangeStatus, OcppConfiguration, TooManyKeys, canonical_key, seed_from_settings
 from gateway.reservations import Reservation, Reservations, ReservationStatus
 from gateway.session import Connector, Effect
 from gateway.settings import Config
@@ -210,7 +210,7 @@ class Control:
 
     def _needs_password(self, key: str, value: str) -> bool:
         """Basic auth (profiles 1 and 2) without any password would lock the charge point out."""
-        if key.strip().lower() != "securityprofile" or value.strip() not in ("1", "2"):
+        if canonical_key(key) != "SecurityProfile" or value.strip() not in ("1", "2"):
             return False
         return self.auth_keys.current() is None and self.config.backend.password_file is None
 
