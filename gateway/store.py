@@ -308,12 +308,8 @@ class Store:
 
     async def load_state(self, name: str) -> object | None:
         """The snapshot kept under `name`; None if nothing was kept."""
-        try:
-            async with self._db.execute("SELECT value FROM state WHERE name = ?", (name,)) as cursor:
-                row = await cursor.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
-        return None if row is None else json.loads(row[0])
+        rows = await self._read("SELECT value FROM state WHERE name = ?", (name,))
+        return json.loads(rows[0][0]) if rows else None
 
     async def commit(self, effects: Sequence[Effect], clock: Clock) -> None:
         """Persist the effects of one poll, atomically, before anything else acts on them."""
@@ -559,8 +555,9 @@ class Store:
         if not self._has_usage:
             return Traffic()
         rows = await self._read(
-            "SELECT coalesce(sum(sent), 0), coalesce(sum(received), 0) FROM uplink_usage WHERE uplink = ? AND substr(day, 1, 7) = ?",
-            (uplink, month),
+            # A range of the primary key (uplink, day), not a scan: day keys sort as text.
+            "SELECT coalesce(sum(sent), 0), coalesce(sum(received), 0) FROM uplink_usage WHERE uplink = ? AND day >= ? AND day < ?",
+            (uplink, f"{month}-01", f"{month}-32"),
         )
         return Traffic(int(rows[0][0]), int(rows[0][1]))
 
