@@ -156,16 +156,15 @@ async def run_simulation(
             )
             slave.energy_spec = meter_profile.values.get("energy")  # the session energy is the meter's
 
-    ports: dict[str, str] = {}  # absolute path -> what is linked there
-    for bus in serial_buses:
-        if not bus.port:
-            raise SimulatorError(f"bus {bus.name}: a serial bus needs a port path to link the simulated line at")
-        if (other := ports.setdefault(os.path.abspath(bus.port), f"bus {bus.name}")) != f"bus {bus.name}":
-            raise SimulatorError(f"bus {bus.name}: port {bus.port} is also the port of {other}")
     at_ports = [(u.name, u.modem.at_port) for u in config.uplinks if u.modem is not None]
-    for uplink, at_port in at_ports:
-        if (other := ports.setdefault(os.path.abspath(at_port), f"uplink {uplink}")) != f"uplink {uplink}":
-            raise SimulatorError(f"uplink {uplink}: modem AT port {at_port} is also the port of {other}")
+    claims = [(bus.port, f"bus {bus.name}", "port") for bus in serial_buses]
+    claims += [(at_port, f"uplink {name}", "modem AT port") for name, at_port in at_ports]
+    ports: dict[str, str] = {}  # absolute path -> what is linked there
+    for path, owner, what in claims:
+        if not path:
+            raise SimulatorError(f"{owner}: a serial bus needs a port path to link the simulated line at")
+        if (other := ports.setdefault(os.path.abspath(path), owner)) != owner:
+            raise SimulatorError(f"{owner}: {what} {path} is also the port of {other}")
 
     links: list[PtyLink] = []
     modems: list[SimModemPort] = []
