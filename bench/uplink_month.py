@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-import gateway
 from gateway import ocpp_messages
 from gateway.clock import Clock
 from gateway.reading import Reading
 from gateway.session import Transaction, TransactionStarted, TransactionStopped
+from gateway.settings import ChargePointInfo
 
 MONTH_DAYS = 30
 CONNECTORS = tuple(range(1, 17))
@@ -257,7 +257,7 @@ def wall(t: float) -> float:
 
 
 def boot_payload(serial: str) -> dict:
-    return {"chargePointVendor": "OpenGateway", "chargePointModel": "Cluster", "firmwareVersion": gateway.__version__, "chargePointSerialNumber": serial}
+    return ocpp_messages.boot_notification(ChargePointInfo(serial, "OpenGateway", "Cluster", serial))
 
 
 def payload(due: Due, sessions: Sequence[Session], tx_ids: Mapping[int, int]) -> dict:

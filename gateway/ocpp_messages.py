@@ -9,11 +9,13 @@ at send time (ocpp-gateway-notes.md, field failure 1).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import gateway
 from gateway.clock import EARLIEST_VALID, Clock
 from gateway.reading import Reading
 from gateway.session import TransactionStarted, TransactionStopped
+from gateway.settings import ChargePointInfo
 
 # Measurands we can fill from a Reading, with their OCPP unit (OCPP 1.6 §7.31, §7.43).
 _PHASES = ("L1", "L2", "L3")
@@ -22,6 +24,14 @@ _PHASES = ("L1", "L2", "L3")
 def new_message_id() -> str:
     """A CALL's unique id: 12 hex digits, unique enough within one connection and short on a GPRS link."""
     return uuid.uuid4().hex[:12]
+
+
+def boot_notification(info: ChargePointInfo, extra: Mapping[str, str] | None = None) -> dict:
+    """BootNotification.req (OCPP 1.6 §4.2); `extra`: the modem's iccid and imsi, where known."""
+    payload: dict = {"chargePointVendor": info.vendor, "chargePointModel": info.model, "firmwareVersion": gateway.__version__}
+    if info.serial_number:
+        payload["chargePointSerialNumber"] = info.serial_number
+    return payload | dict(extra or {})
 
 
 def start_transaction(effect: TransactionStarted, clock: Clock) -> dict:

@@ -27,7 +27,6 @@ import websockets
 from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import ClientConnection, connect
 
-import gateway
 from gateway import ocpp_messages, retry
 from gateway.auth_key import AuthKeyStore
 from gateway.backoff import Backoff
@@ -417,14 +416,7 @@ class Uplink:
         return await link.call_wire(action, payload, message_id or ocpp_messages.new_message_id())
 
     def _boot_payload(self) -> dict:
-        payload: dict = {
-            "chargePointVendor": self.info.vendor,
-            "chargePointModel": self.info.model,
-            "firmwareVersion": gateway.__version__,
-        }
-        if self.info.serial_number:
-            payload["chargePointSerialNumber"] = self.info.serial_number
-        return payload | dict(self._boot_fields())  # the modem's iccid and imsi, where known
+        return ocpp_messages.boot_notification(self.info, self._boot_fields())
 
     async def _boot(self, link: OcppLink) -> None:
         """BootNotification until Accepted; on Pending/Rejected wait the interval the backend gave (OCPP 1.6 §4.2)."""

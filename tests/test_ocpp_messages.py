@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gateway
 from gateway.clock import Clock
-from gateway.ocpp_messages import meter_value, sampled_values, status_notification
+from gateway.ocpp_messages import boot_notification, meter_value, sampled_values, status_notification
 from gateway.reading import Reading
+from gateway.settings import ChargePointInfo
 
 READING = Reading(energy_wh=123456.0, power_w=11040.0, current_a=(16.0, 16.0, 15.9), voltage_v=(230.0, 231.0, 229.0))
 
@@ -28,3 +30,10 @@ def test_timestamps_are_utc_with_z() -> None:
     assert entry["timestamp"] == "2026-09-21T14:13:20.000Z"
     status = status_notification(3, "Faulted", "OtherError", "x" * 80, 1_790_000_000.0, Clock())
     assert len(status["info"]) == 50  # CiString50Type
+
+
+def test_boot_notification_carries_the_serial_and_the_sim_ids_only_when_known() -> None:
+    bare = boot_notification(ChargePointInfo("CP-1", "Vendor", "Model"))
+    assert bare == {"chargePointVendor": "Vendor", "chargePointModel": "Model", "firmwareVersion": gateway.__version__}
+    full = boot_notification(ChargePointInfo("CP-1", "Vendor", "Model", "SN-1"), {"iccid": "8949", "imsi": "2620"})
+    assert full == bare | {"chargePointSerialNumber": "SN-1", "iccid": "8949", "imsi": "2620"}
