@@ -72,7 +72,6 @@ import math
 import random
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +83,10 @@ from typing import TypeVar
 
 import websockets
 from ocpp.messages import Call, CallResult, validate_payload
-from uplink_month import (
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/ holds the throw-away certificate maker
+
+from uplink_month import (  # noqa: E402
     CALL,
     CATEGORIES,
     CLOSE,
@@ -114,11 +116,12 @@ from uplink_month import (
     wall,
     with_acks,
 )
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
+from websockets.asyncio.server import ServerConnection, serve  # noqa: E402
 
-from gateway.clock import iso
-from gateway.traffic import TcpCounters, read_counters
+from gateway.clock import iso  # noqa: E402
+from gateway.traffic import TcpCounters, read_counters  # noqa: E402
+from tests.ocpp_rpc_peer import make_self_signed_cert  # noqa: E402
 
 GOAL_RATIO = 0.25
 DEFAULT_DAYS = 15  # a whole month takes 2.5-4 minutes on 2 cores, half of it 1.5-2
@@ -128,17 +131,6 @@ T = TypeVar("T")
 
 
 # --- the loopback backend -------------------------------------------------------------
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    """A throw-away EC certificate for 127.0.0.1 (its own CA), made with the openssl command line."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
 
 
 class Backend:
@@ -416,7 +408,7 @@ def run(days: int, seed: int, ping_sample: int) -> None:
     print(f"Uplink bytes for a month: {len(CONNECTORS)} connectors x {SESSIONS_PER_DAY} sessions a day, MeterValueSampleInterval {SAMPLE_S} s "
           f"({', '.join(MEASURANDS)}), HeartbeatInterval {HEARTBEAT_S} s, a link drop a day per connection")
     with tempfile.TemporaryDirectory(prefix="uplink-bytes-") as tmp:
-        month = Month(days, seed, *make_certificate(Path(tmp)))
+        month = Month(days, seed, *make_self_signed_cert(Path(tmp)))
         sessions, per_connector, _, _ = month.timeline()
         messages = sum(d.t < days * 86400 for m in per_connector.values() for d in m)
         print(f"played: {days} of {MONTH_DAYS} days ({len(sessions)} sessions, {messages:,} session messages per variant)"
