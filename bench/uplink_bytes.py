@@ -121,7 +121,7 @@ from websockets.asyncio.server import ServerConnection, serve  # noqa: E402
 
 from gateway.clock import iso  # noqa: E402
 from gateway.traffic import TcpCounters, read_counters  # noqa: E402
-from tests.ocpp_rpc_peer import make_self_signed_cert  # noqa: E402
+from tests.certs import make_self_signed_cert  # noqa: E402
 
 GOAL_RATIO = 0.25
 DEFAULT_DAYS = 15  # a whole month takes 2.5-4 minutes on 2 cores, half of it 1.5-2

@@ -12,6 +12,16 @@ def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
+def make_self_signed_cert(directory: Path, common_name: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A TLS server certificate for 127.0.0.1 and localhost (also usable as its own CA file): (cert, key)."""
+    cert, key = directory / "server-cert.pem", directory / "server-key.pem"
+    _openssl(
+        "req", "-x509", *_EC, "-days", "2", "-subj", f"/CN={common_name}",
+        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert),
+    )
+    return cert, key
+
+
 def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
     """A CA certificate and its key: (cert, key)."""
     cert, key = directory / f"{name}-ca.pem", directory / f"{name}-ca.key"

@@ -31,7 +31,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,26 +47,6 @@ Record = dict[str, Any]
 # before it is sent SIGTERM, then SIGKILL.
 _EXIT_GRACE_S = 5.0
 _STDERR_KEEP = 64 * 1024
-
-
-def make_self_signed_cert(directory: Path, common_name: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A throw-away TLS server certificate for 127.0.0.1 (also usable as its own CA file): (cert, key).
-
-    Made with the openssl command line, because Python's ssl module cannot make
-    certificates and the project does not depend on `cryptography`.
-    """
-    cert, key = directory / "server-cert.pem", directory / "server-key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-days", "2", "-subj", f"/CN={common_name}",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 class InteropSetupError(RuntimeError):

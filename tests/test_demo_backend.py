@@ -37,7 +37,7 @@ from gateway.demo_backend import (
     serve,
     summarize_meter_values,
 )
-from tests.ocpp_rpc_peer import make_self_signed_cert
+from tests.certs import make_self_signed_cert
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME = r"\d\d:\d\d:\d\d"

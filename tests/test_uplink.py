@@ -18,7 +18,8 @@ from gateway.session import Transaction, TransactionStarted, TransactionStopped
 from gateway.settings import BackendSettings, OcppSettings
 from gateway.store import Store
 from gateway.uplink import Uplink
-from tests.ocpp_rpc_peer import OcppRpcBackend, make_self_signed_cert
+from tests.certs import make_self_signed_cert
+from tests.ocpp_rpc_peer import OcppRpcBackend
 from tests.uplinks import CLOCK, INFO, drained, offline_session, running, statuses
 
 pytestmark = pytest.mark.interop

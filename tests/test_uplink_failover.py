@@ -19,8 +19,9 @@ from gateway.settings import BackendSettings, FailoverSettings, OcppSettings, Up
 from gateway.store import Store
 from gateway.traffic import Traffic
 from gateway.uplink import Uplink
+from tests.certs import make_self_signed_cert
 from tests.fault_proxy import FaultProxy
-from tests.ocpp_rpc_peer import OcppRpcBackend, make_self_signed_cert
+from tests.ocpp_rpc_peer import OcppRpcBackend
 from tests.uplinks import CLOCK, INFO, drained, offline_session, running, statuses
 
 pytestmark = pytest.mark.interop

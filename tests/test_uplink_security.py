@@ -27,8 +27,8 @@ from gateway.settings import BackendSettings, Config, OcppSettings, UplinkSettin
 from gateway.store import Store
 from gateway.uplink import Uplink
 from gateway.uplink_security import LAB_WARNING
-from tests.certs import make_ca, make_client_cert
-from tests.ocpp_rpc_peer import OcppRpcBackend, make_self_signed_cert
+from tests.certs import make_ca, make_client_cert, make_self_signed_cert
+from tests.ocpp_rpc_peer import OcppRpcBackend
 from tests.test_backend_commands import IDENTITY as INFO_ID
 from tests.test_backend_commands import cluster_config, daemon_on_simulator
 from tests.uplinks import CLOCK, INFO, running, statuses
