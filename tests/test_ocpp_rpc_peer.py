@@ -20,12 +20,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests import ocpp_rpc_peer
-from tests.ocpp_rpc_peer import (
-    InteropSetupError,
-    OcppCallError,
-    OcppRpcBackend,
-    make_self_signed_cert,
-)
+from tests.certs import make_self_signed_cert
+from tests.ocpp_rpc_peer import InteropSetupError, OcppCallError, OcppRpcBackend
 
 pytestmark = pytest.mark.interop
 
