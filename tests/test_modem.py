@@ -15,10 +15,10 @@ import serial
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.modem import (
+from gateway.modem import ModemMonitor
+from gateway.modem_replies import (
     AccessTech,
     ModemHealth,
-    ModemMonitor,
     Operator,
     OperatorFormat,
     PollResult,
