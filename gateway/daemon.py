@@ -305,8 +305,8 @@ class Daemon:
         """The first BootNotification should carry the SIM's ids: the modems get a few seconds to tell them."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(FIRST_MODEM_POLL_S):
-                while any(m.health.ok_at is None and m.health.problem is None for m in self.modems.values()):
-                    await asyncio.sleep(0.1)
+                for monitor in self.modems.values():
+                    await monitor.polled.wait()
 
     def _sim_ids(self) -> dict[str, str]:
         """BootNotification iccid and imsi: the SIM of the first modem that has told them."""

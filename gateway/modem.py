@@ -65,6 +65,7 @@ class ModemMonitor:
         self._iccid_command: str | None = None  # the spelling this modem answered
         self._polls_since_ids: int | None = None  # None: read them at the next poll
         self._lock = asyncio.Lock()  # a poll_once() during a poll of run() waits for it, instead of finding the port locked
+        self.polled = asyncio.Event()  # set once the first poll is over, whatever it found
 
     @property
     def health(self) -> ModemHealth:
@@ -83,6 +84,7 @@ class ModemMonitor:
             before = self._health
             result = await self._poll()
             self._health = after = before.merged(result, time.monotonic())
+            self.polled.set()
         port = self.settings.at_port
         if after.problem != before.problem:
             if after.problem is None:
