@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from collections.abc import Coroutine
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import gateway
 from gateway.devprofile import Framing, Profile
 from gateway.errors import ConfigError, ConfigIssue, GatewayError
+from gateway.logs import setup_logging
 from gateway.settings import BusSettings
 
 if TYPE_CHECKING:
@@ -27,20 +27,6 @@ if TYPE_CHECKING:
 EX_CONFIG = ConfigError.exit_code
 EX_UNAVAILABLE = 69  # sysexits.h: a serial line or service cannot be opened
 EX_NOINPUT = 66  # sysexits.h: an input file does not exist
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    # pymodbus logs every timeout at ERROR; the line layer reports outages once instead.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    if not verbose:  # the ocpp library logs every frame at INFO: a technician's -v, not the journal's default
-        for frames in ("ocpp", "websockets", "gateway.frames", "gateway.websocket"):
-            logging.getLogger(frames).setLevel(logging.WARNING)
 
 
 def run_until_signalled(main: Coroutine[Any, Any, Any]) -> int:
@@ -363,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         result: int = args.func(args)
         return result

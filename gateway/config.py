@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gateway import config_uplink
+from gateway import config_service, config_uplink
 from gateway.devprofile import Framing, Profile
 from gateway.errors import ConfigError, ConfigIssue
 from gateway.ocpp_config import MEASURANDS
@@ -206,6 +206,9 @@ _CONFIG = Field(
                 )
             ),
             "profile_dirs": Field(ListOf(Field(str, min=1)), default=[]),
+            "control": config_service.CONTROL,
+            "firmware": config_service.FIRMWARE,
+            "commissioning": config_service.COMMISSIONING,
         }
     )
 )
@@ -598,6 +601,7 @@ def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], sourc
 
     ocpp, simulator = data["ocpp"], data["simulator"]
     backend, uplinks, failover = config_uplink.build(data, base)
+    control, firmware, commissioning = config_service.build(data, base)
     return Config(
         source=source,
         charge_point=ChargePointInfo(**data["charge_point"]),
@@ -621,4 +625,7 @@ def _build(data: dict[str, Any], base: Path, profiles: dict[str, Profile], sourc
         profiles=profiles,
         uplinks=uplinks,
         failover=failover,
+        control=control,
+        firmware=firmware,
+        commissioning=commissioning,
     )

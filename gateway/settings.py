@@ -179,6 +179,9 @@ class Config:
     simulator: SimulatorSettings = field(default_factory=SimulatorSettings)
     uplinks: tuple[UplinkSettings, ...] = (UplinkSettings("default"),)
     failover: FailoverSettings = field(default_factory=FailoverSettings)
+    control: ControlSettings = field(default_factory=lambda: ControlSettings())
+    firmware: FirmwareSettings = field(default_factory=lambda: FirmwareSettings())
+    commissioning: CommissioningSettings = field(default_factory=lambda: CommissioningSettings())
     profiles: dict[str, Profile] = field(default_factory=dict)  # the profiles the connectors use, by name
 
     def bus(self, name: str) -> BusSettings:
@@ -203,3 +206,36 @@ class Config:
 def outlet_max_current_a(connector: ConnectorSettings, profile: Profile) -> float:
     """An outlet's maximum: the installation limit, never above what its device can do."""
     return profile.max_current_a if connector.max_current_a is None else min(profile.max_current_a, connector.max_current_a)
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """The technician's way in: the control socket `charger-gateway status` and friends talk to."""
+
+    # systemd's RuntimeDirectory=charger-gateway; mode 0660, so members of the service's group may use it.
+    socket: Path = Path("/run/charger-gateway/control.sock")
+
+
+@dataclass(frozen=True)
+class FirmwareSettings:
+    """UpdateFirmware for the gateway itself (OCPP 1.6 §5.19) and GetDiagnostics (§5.9)."""
+
+    # Installs a downloaded image: {file} is replaced by its path. Empty: UpdateFirmware downloads and
+    # verifies, then reports InstallationFailed (nothing to install with).
+    install_command: tuple[str, ...] = ()
+    install_timeout_s: float = 600.0
+    download_timeout_s: float = 300.0  # one attempt of a download or an upload
+    retry_interval_s: float = 60.0  # between attempts, when the backend gives no retryInterval
+    diagnostics_log_lines: int = 5000  # the recent log lines a diagnostics bundle carries
+
+
+@dataclass(frozen=True)
+class CommissioningSettings:
+    """What the commissioning report (`charger-gateway selftest`) says about the site."""
+
+    site_name: str | None = None
+    site_address: str | None = None
+    operator: str | None = None
+    # A QR code per connector on the report (and for the sticker): {identity} and {connector} are filled in,
+    # e.g. https://pay.example.net/start/{identity}/{connector}. None: no QR codes.
+    qr_url_template: str | None = None
