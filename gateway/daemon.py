@@ -11,8 +11,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,13 +22,16 @@ from typing import Any
 from gateway.authorizer import Authorizer
 from gateway.charging_profiles import ChargingProfile, TxContext
 from gateway.clock import Clock
+from gateway.config import load_config_with_warnings
 from gateway.control import Control
-from gateway.errors import StoreError
+from gateway.errors import ConfigError, StoreError
 from gateway.load_sharing import Demand, SnapshotError
 from gateway.modbus_line import build_lines, line_key, meter_line_key
 from gateway.modem import ModemMonitor
 from gateway.poller import ConnectorPoller, MeterLink
 from gateway.reading import Reading
+from gateway.reload import plan_reload
+from gateway.sd_notify import Notifier
 from gateway.session import Connector, Effect, State, StatusChanged, TransactionStarted, TransactionStopped
 from gateway.settings import Config, ConnectorSettings
 from gateway.site_load import Outlet, SiteLoad
@@ -38,6 +43,12 @@ RESET_GRACE_S = 1.0  # the Reset.conf goes out before the transactions are stopp
 RESET_DRAIN_S = 10.0  # how long the StopTransactions of a reset get to reach the backend before the restart
 FIRST_MODEM_POLL_S = 10.0  # the first boot waits at most this long for the modems' ICCID and IMSI
 SITE_SNAPSHOT_S = 60.0  # the load sharer's turns are kept this often (a restart loses at most this much)
+STOP_LINES_S = 5.0  # SIGTERM: the longest a line's last transaction may take (systemd waits 90 s by default)
+STATUS_EVERY_S = 10.0  # systemd's STATUS= line is refreshed this often (and the watchdog at half its period)
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGINT: the daemon has stopped its buses and flushed its store; run_daemon returns."""
 
 
 class ResetRequested(Exception):
@@ -58,9 +69,28 @@ class _RemoteStart:
 log = logging.getLogger("gateway.daemon")
 
 
+class _Tasks(asyncio.TaskGroup):
+    """A TaskGroup that keeps its tasks: systemd's watchdog is fed only while every one of them runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    def create_task(self, coro: Any, **options: Any) -> asyncio.Task[Any]:
+        task = super().create_task(coro, **options)
+        self.tasks.append(task)
+        return task
+
+
+def _fields(effect: TransactionStarted | TransactionStopped) -> dict[str, object]:
+    """A session's journald fields (TRANSACTION= is the gateway's session key: the backend's transactionId may come later)."""
+    return {"connector": effect.connector_id, "transaction": effect.transaction.key}
+
+
 class Daemon:
-    def __init__(self, config: Config, store: Store, clock: Clock) -> None:
+    def __init__(self, config: Config, store: Store, clock: Clock, notifier: Notifier | None = None) -> None:
         self.config = config
+        self.notifier = notifier or Notifier(None, None)
         self.store = store
         self.clock = clock
         self.connectors: dict[int, Connector] = {}
@@ -104,6 +134,10 @@ class Daemon:
         self._free_tags = {c.id: c.id_tag or config.authorization.free_charging_id_tag for c in config.connectors}
         self._reset = asyncio.Event()
         self._reset_hard = False
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._tasks: _Tasks | None = None
+        self._queued = 0  # outbox depth at the last status line
 
     async def recover(self) -> None:
         """Rebuild connectors; sessions still open in the store are resumed, and the next poll reconciles them."""
@@ -128,7 +162,7 @@ class Daemon:
                 stop_on_unplug=self.control.configuration.bool_value("StopTransactionOnEVSideDisconnect"),
             )
             if tx:
-                log.info("connector %d: resuming session %s", c.id, tx.key)
+                log.info("connector %d: resuming session %s", c.id, tx.key, extra={"connector": c.id, "transaction": tx.key})
             self.connectors[c.id] = connector
             self.statuses[c.id] = StatusChanged(c.id, connector.status, "NoError", None, wall)
             self.pollers.append(ConnectorPoller(
@@ -170,12 +204,18 @@ class Daemon:
             if isinstance(effect, StatusChanged):
                 self.statuses[effect.connector_id] = effect
                 self.uplink.status_changed(effect)
-                log.info("connector %d: %s%s", effect.connector_id, effect.status, f" ({effect.info})" if effect.info else "")
+                log.info("connector %d: %s%s", effect.connector_id, effect.status, f" ({effect.info})" if effect.info else "", extra={"connector": effect.connector_id})
             elif isinstance(effect, TransactionStarted):
-                log.info("connector %d: session %s started, idTag %s, meter %d Wh", effect.connector_id, effect.transaction.key, effect.transaction.id_tag, effect.transaction.meter_start_wh)
+                log.info(
+                    "connector %d: session %s started, idTag %s, meter %d Wh", effect.connector_id, effect.transaction.key,
+                    effect.transaction.id_tag, effect.transaction.meter_start_wh, extra=_fields(effect),
+                )
             elif isinstance(effect, TransactionStopped):
                 used = effect.meter_stop_wh - effect.transaction.meter_start_wh
-                log.info("connector %d: session %s stopped (%s), %d Wh", effect.connector_id, effect.transaction.key, effect.reason, used)
+                log.info(
+                    "connector %d: session %s stopped (%s), %d Wh", effect.connector_id, effect.transaction.key, effect.reason, used,
+                    extra=_fields(effect),
+                )
         if any(isinstance(e, (TransactionStarted, TransactionStopped)) for e in batch):
             self.uplink.outbox_changed()
         await self._keep_finishing()
@@ -238,7 +278,10 @@ class Daemon:
         connector = next((c for c in self.connectors.values() if c.transaction and c.transaction.key == message.session_key), None)
         if connector is None:
             return  # answered after the session ended (a drain after an outage)
-        log.warning("connector %d: the backend refused idTag %s (%s)", connector.id, tag, info.get("status"))
+        log.warning(
+            "connector %d: the backend refused idTag %s (%s)", connector.id, tag, info.get("status"),
+            extra={"connector": connector.id, "transaction": message.session_key},
+        )
         if self.control.configuration.bool_value("StopTransactionOnInvalidId"):
             await self.handle_effects(connector.stop("DeAuthorized", self.clock.wall()))
         elif message.session_key is not None:
@@ -283,7 +326,7 @@ class Daemon:
         why = self.site.why(connector_id, allowed)
         if self._shared.get(connector_id) != (allowed, why):
             self._shared[connector_id] = (allowed, why)
-            log.info("connector %d: site share %.1f A (%s)", connector_id, allowed, why)
+            log.info("connector %d: site share %.1f A (%s)", connector_id, allowed, why, extra={"connector": connector_id})
         return allowed
 
     def _demands(self, now: float) -> list[Demand]:
@@ -401,18 +444,98 @@ class Daemon:
             if await self.store.reconcile_energy(connector_id, energy_wh, in_transaction, self.clock):
                 self.uplink.outbox_changed()
         except StoreError as exc:
-            log.error("connector %d: energy reconciliation not stored: %s", connector_id, exc)
+            log.error("connector %d: energy reconciliation not stored: %s", connector_id, exc, extra={"connector": connector_id})
 
     async def queue_meter_values(self, connector_id: int, session_key: str, entries: Sequence[dict]) -> None:
         try:
             await self.store.queue_meter_values(connector_id, session_key, entries, self.clock)
         except StoreError as exc:
-            log.error("connector %d: meter values not stored: %s", connector_id, exc)
+            log.error("connector %d: meter values not stored: %s", connector_id, exc, extra={"connector": connector_id, "transaction": session_key})
             return
         self.uplink.outbox_changed()
 
+    # --- the service: systemd, signals --------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def summary(self) -> str:
+        """systemd's STATUS= line: what `systemctl status` shows at a glance."""
+        up = self.uplink.status()
+        link = f"uplink {up.uplink} " + ("connected" if up.connected else f"down ({up.problem or 'connecting'})")
+        online = sum(1 for p in self.pollers if p.online)
+        return f"{link}; {online}/{len(self.pollers)} slaves online; {self._queued} queued"
+
+    async def _supervise(self) -> None:
+        """STATUS= every few seconds, WATCHDOG=1 at half the watchdog period, only while every task runs."""
+        every = min(STATUS_EVERY_S, self.notifier.watchdog_s / 2) if self.notifier.watchdog_s else STATUS_EVERY_S
+        while True:
+            try:
+                self._queued = await self.store.pending()
+            except StoreError:
+                pass  # the last count stays; the store's trouble is reported where it happens
+            dead = [t.get_name() for t in self._tasks.tasks if t.done()] if self._tasks else []
+            if dead:
+                log.error("task %s ended: withholding the watchdog so that systemd restarts the daemon", ", ".join(dead))
+                self.notifier.notify(STATUS=f"task {', '.join(dead)} ended")
+            elif self.notifier.watchdog_s:
+                self.notifier.notify(WATCHDOG=1, STATUS=self.summary())
+            else:
+                self.notifier.notify(STATUS=self.summary())
+            await asyncio.sleep(every)
+
+    async def _stop_when_asked(self) -> None:
+        """SIGTERM: the pollers stop between two commits, each line ends the transaction on the wire,
+        what the disk refused before is tried once more, then the daemon ends (the store closes after)."""
+        await self._stop.wait()
+        log.info("stopping")
+        self.notifier.notify(STOPPING=1, STATUS="stopping")
+        pollers = [t for t in self._tasks.tasks if t.get_name().startswith("connector ")] if self._tasks else []
+        async with self._commit_lock:  # no commit is half done while the pollers go
+            for task in pollers:
+                task.cancel()
+        await asyncio.gather(*pollers, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_LINES_S):
+                await asyncio.gather(*(line.finish() for line in self.lines.values()))
+        if self._pending and not await self.handle_effects([]):
+            log.error("%d events could not be stored before stopping: the next start reconciles from the slaves", len(self._pending))
+        raise StopRequested
+
+    async def _reload_when_asked(self) -> None:
+        """SIGHUP: read the config file again and take what can be taken while running (gateway.reload)."""
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            self.notifier.notify(RELOADING=1, MONOTONIC_USEC=int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1e6))
+            try:
+                new, warnings = await asyncio.to_thread(load_config_with_warnings, self.config.source)
+            except ConfigError as exc:
+                log.error("reload refused, running on with the config as it was:\n%s", exc)
+            else:
+                for warning in warnings:
+                    log.warning("%s", warning)
+                self._apply(new)
+            self.notifier.notify(READY=1, STATUS=self.summary())
+
+    def _apply(self, new: Config) -> None:
+        plan = plan_reload(self.config, new)
+        self.config = self.control.config = plan.config
+        self._free_tags = {c.id: c.id_tag or plan.config.authorization.free_charging_id_tag for c in plan.config.connectors}
+        self.store.budget_bytes = int(plan.config.storage.outbox_budget_mb * 1e6)
+        self.uplink.backend = dataclasses.replace(plan.config.backend, ping_interval_s=self.uplink.backend.ping_interval_s)
+        if plan.reconnect:
+            self.uplink.reconnect("the backend settings were reloaded")
+        log.info("reloaded %s: %s", self.config.source, ", ".join(plan.applied) or "nothing changed that a reload takes")
+        if plan.need_restart:
+            log.warning("changed but kept until a restart (systemctl restart charger-gateway): %s", ", ".join(plan.need_restart))
+
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
+        async with _Tasks() as tg:
+            self._tasks = tg
             for line in self.lines.values():
                 tg.create_task(line.run(), name=f"line {line.name}")
             for poller in self.pollers:
@@ -424,20 +547,36 @@ class Daemon:
             tg.create_task(self._reset_when_asked(), name="reset")
             tg.create_task(self._housekeeping(), name="housekeeping")
             tg.create_task(self.authorizer.run(), name="authorizer")
+            tg.create_task(self._supervise(), name="supervisor")
+            tg.create_task(self._stop_when_asked(), name="stop")
+            tg.create_task(self._reload_when_asked(), name="reload")
 
 
-async def run_daemon(config: Config, clock: Clock | None = None) -> None:
-    """Open the store, resume, and run until cancelled."""
+async def run_daemon(config: Config, clock: Clock | None = None, notifier: Notifier | None = None) -> None:
+    """Open the store, resume, and run until SIGTERM/SIGINT (a clean stop) or cancelled.
+
+    systemd hears READY=1 once the config is valid (it was loaded before) and the store is open
+    and read back; SIGHUP reloads the config file.
+    """
     clock = clock or Clock()
+    notifier = notifier or Notifier.from_environment()
     store = await Store.open(config.storage.path, clock, config.storage.outbox_budget_mb)
+    loop = asyncio.get_running_loop()
     try:
-        daemon = Daemon(config, store, clock)
+        daemon = Daemon(config, store, clock, notifier)
         await daemon.recover()
         log.info(
             "charge point %s: %d connectors on %d lines, %d queued messages",
             config.charge_point.identity, len(daemon.connectors), len(daemon.lines), await store.pending(),
         )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+        notifier.notify(READY=1, STATUS=daemon.summary())
         await daemon.run()
+    except* StopRequested:
+        log.info("stopped")
+        hard = None
     except* ResetRequested as group:
         reset = group.exceptions[0]
         assert isinstance(reset, ResetRequested)
@@ -445,8 +584,12 @@ async def run_daemon(config: Config, clock: Clock | None = None) -> None:
     else:
         return
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         await store.close()
-    _restart(config, hard)
+        notifier.close()
+    if hard is not None:
+        _restart(daemon.config, hard)
 
 
 def _restart(config: Config, hard: bool) -> None:

@@ -154,6 +154,9 @@ class ModbusLine(abc.ABC):
         self._open = False
         self._running = False
         self._quiet_since = 0.0  # loop time the line last fell silent
+        self._closing = False  # finish() was called: no new transaction starts
+        self._idle = asyncio.Event()  # clear while a transaction is on the wire
+        self._idle.set()
 
     # --- the callers' side ---------------------------------------------------
 
@@ -219,8 +222,8 @@ class ModbusLine(abc.ABC):
             raise ValueError(f"gap_s must be a non-negative number of seconds, not {gap_s!r}")
         if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
             raise ValueError(f"repeat must be a whole number of sends, at least 1, not {repeat!r}")
-        if self._down is not None:
-            raise LineUnavailable(f"line {self.name}: {self._down}")
+        if self._down is not None or self._closing:
+            raise LineUnavailable(f"line {self.name}: {'stopping' if self._closing else self._down}")
         request = _Request(
             Priority(priority), next(self._seq), pdu, timeout_s, gap_s, repeat, asyncio.get_running_loop().create_future()
         )
@@ -228,6 +231,13 @@ class ModbusLine(abc.ABC):
         # Cancelling the caller cancels the future: a queued request is then skipped,
         # one on the wire is finished by the owner and its answer dropped.
         return await request.future
+
+    async def finish(self) -> None:
+        """Let the transaction on the wire end, and start no other (SIGTERM). A frame cut off midway
+        would leave the slaves of the line mid-answer, and a write half-applied."""
+        self._closing = True
+        self._fail_all("stopping")
+        await self._idle.wait()
 
     # --- the owner task --------------------------------------------------------
 
@@ -253,7 +263,7 @@ class ModbusLine(abc.ABC):
                 try:
                     proven = await self._serve(link)
                 except Exception:  # a bug: keep serving the other devices, but say so
-                    log.exception("line %s: unexpected error, reopening", self.name)
+                    log.exception("line %s: unexpected error, reopening", self.name, extra={"bus": self.name})
                     proven = False
                 finally:
                     self._open = False
@@ -269,7 +279,7 @@ class ModbusLine(abc.ABC):
     def _went_down(self, reason: str) -> None:
         # Logged once per outage, not once per attempt (Home Assistant coordinator style).
         if self._down is None:
-            log.warning("line %s unavailable: %s", self.name, reason)
+            log.warning("line %s unavailable: %s", self.name, reason, extra={"bus": self.name})
         else:
             log.debug("line %s still unavailable: %s", self.name, reason)
         self._down = reason
@@ -277,7 +287,7 @@ class ModbusLine(abc.ABC):
 
     def _came_up(self) -> None:
         if self._down is not None:
-            log.info("line %s recovered", self.name)
+            log.info("line %s recovered", self.name, extra={"bus": self.name})
         self._down = None
         self._open = True
         self._quiet_since = asyncio.get_running_loop().time()
@@ -300,11 +310,17 @@ class ModbusLine(abc.ABC):
                 self._queue.put_nowait(request)  # same priority and seq: it keeps its place
                 log.debug("line %s: link closed, reopening", self.name)
                 return proven
+            if self._closing:
+                self._deliver(request, LineUnavailable(f"line {self.name}: stopping"))
+                continue
+            self._idle.clear()
             try:
                 answered = await self._execute(link, request)
             except _Reopen as exc:
                 log.debug("line %s: %s, reopening", self.name, exc)
                 return proven or exc.answered
+            finally:
+                self._idle.set()
             if answered:
                 proven = True
                 self._backoff.reset()

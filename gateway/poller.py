@@ -110,6 +110,7 @@ class ConnectorPoller:
         self.last_reading: Reading | None = None  # for TriggerMessage MeterValues
         self.timeout_s = bus.request_timeout_s or profile.request_timeout_s
         self.online: bool | None = None  # None until the first poll
+        self._fields = {"connector": settings.id, "bus": settings.bus, "unit": settings.unit}  # journald's, events'
         # Whether the store holds an open session for this connector: the slave follows this,
         # never a state the store refused (full disk), so no EV charges on a session kept only in memory.
         self._committed_session = connector.transaction is not None
@@ -171,7 +172,7 @@ class ConnectorPoller:
                 return
             reading = with_meter(reading, metered)
         if self.online is not True:
-            log.info("connector %d: slave %s unit %d answering", self.settings.id, self.settings.bus, self.settings.unit)
+            log.info("connector %d: slave %s unit %d answering", self.settings.id, self.settings.bus, self.settings.unit, extra=self._fields)
             if self._on_first_contact is not None and reading.energy_wh is not None:
                 # Before the reading drives the session: energy taken while we were not looking is
                 # accounted for first, ahead of any new session's StartTransaction.
@@ -218,9 +219,9 @@ class ConnectorPoller:
         if self.online is not False:
             self._lost_at = self.clock.monotonic()
             if what == "meter" and (meter := self.meter) is not None:
-                log.warning("connector %d: meter %s unit %d not answering: %s", self.settings.id, meter.line.name, meter.unit, exc)
+                log.warning("connector %d: meter %s unit %d not answering: %s", self.settings.id, meter.line.name, meter.unit, exc, extra=self._fields)
             else:
-                log.warning("connector %d: slave %s unit %d not answering: %s", self.settings.id, self.settings.bus, self.settings.unit, exc)
+                log.warning("connector %d: slave %s unit %d not answering: %s", self.settings.id, self.settings.bus, self.settings.unit, exc, extra=self._fields)
         self.online = False
         self._written_offer = None  # the slave may have rebooted and forgotten
         await self._on_effects(self.connector.on_lost(type(exc).__name__, wall))
@@ -231,7 +232,7 @@ class ConnectorPoller:
         for w in writes:
             await self._write(w)
         if writes:
-            log.info("connector %d: set up the slave: %s", self.settings.id, "; ".join(w.note or f"holding {w.address}" for w in writes))
+            log.info("connector %d: set up the slave: %s", self.settings.id, "; ".join(w.note or f"holding {w.address}" for w in writes), extra=self._fields)
         if self.profile.watchdog is not None and self.profile.watchdog.failsafe_current is not None:
             self._failsafe_written = registers.offer(self.profile, registers.chargeable_current(self.profile, self.failsafe_a))
         self._kept_alive_at = None  # a (re)found slave gets its keepalive at once
@@ -268,7 +269,7 @@ class ConnectorPoller:
             for w in writes:
                 await self._write(w)
         except DeviceError as exc:
-            log.warning("connector %d: control for %.1f A not written: %s", self.settings.id, wanted, exc)
+            log.warning("connector %d: control for %.1f A not written: %s", self.settings.id, wanted, exc, extra=self._fields)
             self._written_offer = None  # part of it may have been written: read it back, or write it all again
             return wanted
         self._written_offer = target
@@ -290,7 +291,7 @@ class ConnectorPoller:
                 await self._write(w)
         except DeviceError as exc:
             # The next poll tells whether the slave is gone; its watchdog leaves it in the fail-safe state meanwhile.
-            log.warning("connector %d: keepalive (%s) not written: %s", self.settings.id, watchdog.keepalive, exc)
+            log.warning("connector %d: keepalive (%s) not written: %s", self.settings.id, watchdog.keepalive, exc, extra=self._fields)
             return
         self._kept_alive_at = now
 

@@ -160,6 +160,11 @@ class Uplink:
     def outbox_changed(self) -> None:
         self._outbox_changed.set()
 
+    def reconnect(self, why: str) -> None:
+        """Close the link now and make it again (the backend settings were reloaded)."""
+        self._reconnect_wanted = why
+        self._reconnect_now.set()
+
     def reconnect_after_answer(self, why: str) -> None:
         """Close the link and make it again once the answer to the backend's current command has gone
         out (a new AuthorizationKey or SecurityProfile takes effect at the reconnect)."""

@@ -874,3 +874,19 @@ def test_build_lines_reports_every_fault() -> None:
 
 def test_priority_order() -> None:
     assert Priority.COMMAND < Priority.POLL
+
+
+async def test_finish_lets_the_transaction_on_the_wire_end_and_starts_no_other(pty_pair) -> None:
+    line = SerialLine(serial_bus(pty_pair[1]))
+    async with running(line), responder(pty_pair, {1: Behaviour(delay_s=0.15)}) as peer:
+        on_wire = asyncio.create_task(line.read(1, Table.HOLDING, 0, 1, timeout_s=0.5))
+        await until(lambda: len(peer.seen) == 1)
+        queued = asyncio.create_task(line.read(1, Table.HOLDING, 1, 1, timeout_s=0.5))
+        await asyncio.sleep(0)
+        await line.finish()  # SIGTERM: returns once the reply to the first request is in
+        assert on_wire.done() and on_wire.result() == [1000]
+        with pytest.raises(LineUnavailable, match="stopping"):
+            await queued
+        with pytest.raises(LineUnavailable, match="stopping"):
+            await line.read(1, Table.HOLDING, 2, 1, timeout_s=0.5)
+    assert [s.address for s in peer.seen] == [0]
