@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODE_DEPS := tests/interop/node_modules/.package-lock.json
 DURATION ?= 0
 
-.PHONY: all venv demo test lint bench clean
+.PHONY: all venv demo test lint bench deb clean
 
 all: test
 
@@ -37,5 +37,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/poll_cycle.py
 
+# The Debian package: dist/charger-gateway_<version>_<arch>.deb, the app in its own venv under /opt.
+deb:
+	deploy/build-deb.sh
+
 clean:
-	rm -rf $(VENV) .demo tests/interop/node_modules
+	rm -rf $(VENV) .demo tests/interop/node_modules build dist
