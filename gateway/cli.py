@@ -3,12 +3,15 @@
 Exit codes: 0 ok, 1 runtime failure, 2 usage, 78 config error (EX_CONFIG);
 `scan` also 1 when nothing answered and 69 (EX_UNAVAILABLE) when the line cannot be opened;
 `data-usage` 66 (EX_NOINPUT) when the config's database does not exist (the daemon never ran).
+The technician's commands (status, sessions, queue, events, modbus, trigger) are in
+gateway.technician, with their exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -20,6 +23,8 @@ from gateway.devprofile import Framing, Profile
 from gateway.errors import ConfigError, ConfigIssue, GatewayError
 from gateway.logs import setup_logging
 from gateway.settings import BusSettings
+from gateway.technician import DEFAULT_CONFIG
+from gateway.technician import add_commands as add_technician_commands
 
 if TYPE_CHECKING:
     from gateway.data_usage import UsageRow
@@ -85,6 +90,12 @@ def cmd_demo_backend(args: argparse.Namespace) -> int:
 
     password = Path(args.password_file).read_text().strip() if args.password_file else None
     return backend_main(args.host, args.port, password=password, certfile=args.cert, keyfile=args.key)
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from gateway.selftest import main as selftest_main  # imported here: it is the heaviest of the commands
+
+    return selftest_main(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -340,6 +351,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output (bytes)")
     p.set_defaults(func=cmd_data_usage)
 
+    add_technician_commands(sub)
+
+    p = sub.add_parser("selftest", help="commissioning: config, slaves, clock, uplink, TLS, BootNotification; writes the HTML report")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE", help=f"default {DEFAULT_CONFIG}")
+    p.add_argument(
+        "--report", metavar="PATH", help="where to write the HTML commissioning report (default: commissioning-<identity>-<date>.html next to the database)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_selftest)
+
     p = sub.add_parser("demo", help="simulator, demo backend and daemon together, on the demo config")
     p.add_argument("-c", "--config", default="config/demo.yaml", metavar="FILE")
     p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
@@ -363,3 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `charger-gateway sessions | head`: the reader has what it wanted. Python's flush at exit must not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -13,6 +13,7 @@ message) is handed to the daemon's tasks through `Cluster`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -23,6 +24,8 @@ from ocpp.exceptions import OccurenceConstraintViolationError, PropertyConstrain
 from gateway.auth_key import AuthKeyStore
 from gateway.charging_profiles import ChargingProfile, ProfileLimits, ProfileRejected, Purpose, RateUnit, TxContext
 from gateway.clock import Clock
+from gateway.diagnostics import Diagnostics
+from gateway.firmware_update import FirmwareUpdater
 from gateway.local_auth import AuthCache, LocalList, UpdateStatus
 from gateway.ocpp_config import ChangeStatus, OcppConfiguration, TooManyKeys, canonical_key, seed_from_settings
 from gateway.reservations import Reservation, Reservations, ReservationStatus
@@ -64,6 +67,8 @@ class Cluster(Protocol):
 
     def set_station_status(self, status: str) -> None: ...
 
+    def notify(self, action: str, payload: Payload) -> asyncio.Future[None]: ...
+
 
 def _utc(wall: float) -> datetime:
     return datetime.fromtimestamp(wall, UTC)
@@ -89,6 +94,10 @@ class Control:
         self._phases = {c.id: config.profile_of(c).phases for c in config.connectors}
         self.inoperative: set[int] = set()  # connectors the backend made Inoperative
         self.scheduled: dict[int, bool] = {}  # availability changes waiting for a transaction to end
+        # UpdateFirmware and GetDiagnostics for the gateway itself; the daemon runs their tasks.
+        state_dir = config.storage.path.parent
+        self.firmware = FirmwareUpdater(config.firmware, state_dir / "firmware", store, clock, cluster.notify)
+        self.diagnostics = Diagnostics(config, store, clock, cluster.notify)
 
     # --- persistence ---------------------------------------------------------------
 
@@ -182,6 +191,8 @@ class Control:
             "SetChargingProfile": self.set_charging_profile,
             "ClearChargingProfile": self.clear_charging_profile,
             "GetCompositeSchedule": self.get_composite_schedule,
+            "UpdateFirmware": self.update_firmware,
+            "GetDiagnostics": self.get_diagnostics,
         }
 
     # --- Core ----------------------------------------------------------------------------
@@ -324,8 +335,30 @@ class Control:
             return {"status": "Rejected"}
         if message not in TRIGGERABLE:
             return {"status": "NotImplemented"}
-        self.cluster.trigger(message, cid)
+        if message == "FirmwareStatusNotification":
+            self.firmware.report()  # the status under way, or Idle (§4.5)
+        elif message == "DiagnosticsStatusNotification":
+            self.diagnostics.report()
+        else:
+            self.cluster.trigger(message, cid)
         return {"status": "Accepted"}
+
+    # --- Firmware Management ---------------------------------------------------------------
+
+    async def update_firmware(self, p: Payload) -> Payload:
+        """§5.19: kept and answered; the download starts at retrieveDate, in the firmware task."""
+        try:
+            await self.firmware.request(p)
+        except ValueError as exc:  # a location we cannot fetch or a checksum fragment we cannot read
+            raise PropertyConstraintViolationError(description=str(exc)) from None
+        return {}
+
+    async def get_diagnostics(self, p: Payload) -> Payload:
+        """§5.9: answered with the bundle's name; it is built and uploaded in the diagnostics task."""
+        try:
+            return {"fileName": await self.diagnostics.request(p)}
+        except ValueError as exc:
+            raise PropertyConstraintViolationError(description=str(exc)) from None
 
     # --- Local Auth List Management ------------------------------------------------------
 

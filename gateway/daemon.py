@@ -24,6 +24,7 @@ from gateway.charging_profiles import ChargingProfile, TxContext
 from gateway.clock import Clock
 from gateway.config import load_config_with_warnings
 from gateway.control import Control
+from gateway.control_socket import ControlServer
 from gateway.errors import ConfigError, StoreError
 from gateway.load_sharing import Demand, SnapshotError
 from gateway.modbus_line import build_lines, line_key, meter_line_key
@@ -387,8 +388,16 @@ class Daemon:
         self._reset_hard = hard
         self._reset.set()
 
+    @property
+    def uncommitted(self) -> int:
+        """Effects held in memory because the store refused them (a full disk): an alarm on the technician's status."""
+        return len(self._pending)
+
     def trigger(self, message: str, connector_id: int | None) -> None:
         self.uplink.trigger(message, connector_id)
+
+    def notify(self, action: str, payload: dict[str, Any]) -> asyncio.Future[None]:
+        return self.uplink.notify(action, payload)
 
     def reconnect_after_answer(self, why: str) -> None:
         self.uplink.reconnect_after_answer(why)
@@ -428,6 +437,12 @@ class Daemon:
                 while self.uplink.connected.is_set() and await self.store.pending():
                     await asyncio.sleep(0.2)
         raise ResetRequested(self._reset_hard)
+
+    async def _update_firmware(self) -> None:
+        """UpdateFirmware (§5.19): once a new image is installed and reported, restart to run it.
+        Not a Reset: the transactions go on, and the restarted daemon resumes them."""
+        await self.control.firmware.run()
+        raise ResetRequested(hard=False)
 
     async def _housekeeping(self) -> None:
         """Once a second: reservations that expired go (§5.13); now and then the load sharer's turns are kept."""
@@ -523,7 +538,8 @@ class Daemon:
 
     def _apply(self, new: Config) -> None:
         plan = plan_reload(self.config, new)
-        self.config = self.control.config = plan.config
+        self.config = self.control.config = self.control.diagnostics.config = plan.config
+        self.control.firmware.settings = plan.config.firmware
         self._free_tags = {c.id: c.id_tag or plan.config.authorization.free_charging_id_tag for c in plan.config.connectors}
         self.store.budget_bytes = int(plan.config.storage.outbox_budget_mb * 1e6)
         self.uplink.backend = dataclasses.replace(plan.config.backend, ping_interval_s=self.uplink.backend.ping_interval_s)
@@ -536,6 +552,7 @@ class Daemon:
     async def run(self) -> None:
         async with _Tasks() as tg:
             self._tasks = tg
+            tg.create_task(ControlServer(self).run(), name="control socket")
             for line in self.lines.values():
                 tg.create_task(line.run(), name=f"line {line.name}")
             for poller in self.pollers:
@@ -547,6 +564,8 @@ class Daemon:
             tg.create_task(self._reset_when_asked(), name="reset")
             tg.create_task(self._housekeeping(), name="housekeeping")
             tg.create_task(self.authorizer.run(), name="authorizer")
+            tg.create_task(self._update_firmware(), name="firmware")
+            tg.create_task(self.control.diagnostics.run(), name="diagnostics")
             tg.create_task(self._supervise(), name="supervisor")
             tg.create_task(self._stop_when_asked(), name="stop")
             tg.create_task(self._reload_when_asked(), name="reload")
@@ -596,6 +615,12 @@ def _restart(config: Config, hard: bool) -> None:
     """After a Reset: the hard one runs the configured reboot command; both then start this process afresh."""
     if hard and config.ocpp.hard_reset_command:
         log.warning("hard reset: running %s", " ".join(config.ocpp.hard_reset_command))
-        subprocess.run(config.ocpp.hard_reset_command, check=False)
+        try:
+            done = subprocess.run(config.ocpp.hard_reset_command, check=False, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("hard reset command failed (%s): restarting the daemon only", exc)
+        else:
+            if done.returncode != 0:  # e.g. polkit refused the reboot: say so, rather than pass for a reboot
+                log.error("hard reset command exited %d (%s): restarting the daemon only", done.returncode, done.stderr.strip()[-200:])
     log.warning("%s reset: restarting", "hard" if hard else "soft")
     os.execv(sys.executable, [sys.executable, "-m", "gateway", *sys.argv[1:]])

@@ -18,6 +18,7 @@ where the backend takes it, compact JSON; and every byte counted at the socket
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -53,7 +54,8 @@ from gateway.uplink_security import (
 log = logging.getLogger("gateway.uplink")
 
 OCPP_SUBPROTOCOL = "ocpp1.6"
-# What TriggerMessage may ask for (OCPP 1.6 §5.17); _send_triggered sends each.
+# What TriggerMessage may ask for (OCPP 1.6 §5.17); _send_triggered sends each but the firmware and
+# diagnostics notifications, which their runners send through `notify` (gateway.control).
 TRIGGERABLE = frozenset({
     "BootNotification", "StatusNotification", "MeterValues", "Heartbeat",
     "DiagnosticsStatusNotification", "FirmwareStatusNotification",
@@ -66,6 +68,13 @@ KEEPALIVE_RECHECK_S = 5.0  # while WebSocketPingInterval is 0, how often to look
 def backend_url(backend: BackendSettings, identity: str) -> str:
     """The identity is the last path segment of the URL (OCPP-J §3.1)."""
     return backend.url.rstrip("/") + "/" + identity
+
+
+@dataclass(frozen=True)
+class _Notice:
+    action: str
+    payload: dict
+    delivered: asyncio.Future[None]
 
 
 class _Reconnect(Exception):  # noqa: N818 - not an error: the link is closed on purpose and made again at once
@@ -121,7 +130,7 @@ class Uplink:
         self.store = store
         self.clock = clock
         self._statuses = statuses
-        self._handlers = dict(handlers or {})
+        self._handlers = {action: self._holding(handler) for action, handler in (handlers or {}).items()}
         self._readings = readings or dict
         self._on_answer = on_answer  # sees each answer to an outbox message once it is recorded (idTagInfo)
         self.uplinks = tuple(uplinks)
@@ -135,6 +144,9 @@ class Uplink:
         self._link: OcppLink | None = None  # while connected and booted
         self.station_status = "Available"  # connector 0: Unavailable when the backend made every connector Inoperative
         self._triggers: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue()
+        self._notices: collections.deque[_Notice] = collections.deque()  # see notify()
+        self._notice_added = asyncio.Event()
+        self._answering = False  # a backend command is being answered: notices wait until its answer is out
         self.heartbeat_interval_s = ocpp.heartbeat_interval_s
         self._status_queue: asyncio.Queue[StatusChanged] = asyncio.Queue()
         self._outbox_changed = asyncio.Event()
@@ -185,6 +197,17 @@ class Uplink:
     def trigger(self, message: str, connector_id: int | None) -> None:
         """TriggerMessage (OCPP 1.6 §5.17): send `message` once the answer has gone and the link is up."""
         self._triggers.put_nowait((message, connector_id))
+
+    def notify(self, action: str, payload: dict) -> asyncio.Future[None]:
+        """A CALL that is no transaction message (FirmwareStatusNotification, DiagnosticsStatusNotification):
+        sent in the order given while the link is up, never before the answer to a command being handled
+        (§5.17: the requested message follows the TriggerMessage answer; Downloading follows the
+        UpdateFirmware answer). Kept in memory while offline. The future is done once the backend
+        answered it, a CALLERROR included (sending it again would not help)."""
+        notice = _Notice(action, payload, asyncio.get_running_loop().create_future())
+        self._notices.append(notice)
+        self._notice_added.set()
+        return notice.delivered
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -331,7 +354,16 @@ class Uplink:
             self._auth_keys.go_back()
             self._use_previous_key = False
 
+    def _holding(self, handler: Handler) -> Handler:
+        async def handle(payload: dict) -> dict:
+            self._answering = True  # until _answered_command: the answer goes out after the handler returns
+            return await handler(payload)
+
+        return handle
+
     def _answered_command(self) -> None:
+        self._answering = False
+        self._notice_added.set()
         if self._reconnect_wanted is not None:
             self._reconnect_now.set()
 
@@ -340,6 +372,7 @@ class Uplink:
     ) -> None:
         self._reconnect_wanted = None
         self._reconnect_now.clear()
+        self._answering = False  # an answer the last link never sent holds nothing back on this one
         try:
             # Every task here ends only by raising; the first failure tears the connection down.
             async with asyncio.TaskGroup() as tg:
@@ -357,6 +390,7 @@ class Uplink:
                 tg.create_task(self._send_statuses(link))
                 tg.create_task(self._drain(link))
                 tg.create_task(self._send_triggered(link))
+                tg.create_task(self._send_notices(link))
                 tg.create_task(self._watch_preferred(tls))
         except* _Reconnect as group:
             raise group.exceptions[0] from None
@@ -481,8 +515,22 @@ class Uplink:
                     if cid in (None, 0, connector_id):
                         entry = ocpp_messages.meter_value(reading, self.ocpp.meter_values_sampled_data, self.clock.wall(), self.clock, "Trigger")
                         await self._call(link, "MeterValues", ocpp_messages.meter_values(connector_id, [entry]))
-            elif message in ("DiagnosticsStatusNotification", "FirmwareStatusNotification"):
-                await self._call(link, message, {"status": "Idle"})  # no upload or update under way
+
+    async def _send_notices(self, link: OcppLink) -> None:
+        """The notices (see notify) in order; one that the link lost on the way is sent again on the next."""
+        while True:
+            if not self._notices or self._answering:
+                self._notice_added.clear()
+                await self._notice_added.wait()
+                continue
+            notice = self._notices[0]
+            try:
+                await self._call(link, notice.action, notice.payload)
+            except OCPPError as exc:
+                log.error("backend refused %s %s: %s", notice.action, notice.payload, exc)
+            self._notices.popleft()
+            if not notice.delivered.done():
+                notice.delivered.set_result(None)
 
     async def _send_status(self, link: OcppLink, s: StatusChanged) -> None:
         payload = ocpp_messages.status_notification(s.connector_id, s.status, s.error_code, s.info, s.wall, self.clock)

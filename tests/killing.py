@@ -189,6 +189,7 @@ def write_config(workdir: Path, backend_url: str, scenario: Scenario) -> Path:
             {"id": 4, "bus": "lan", "host": "127.0.0.1", "port": free_port(), "unit": 1, "profile": "heidelberg-energy-control"},
         ],
         "storage": {"path": str(workdir / "gateway.db")},
+        "control": {"socket": str(workdir / "control.sock")},  # each run's, never /run's
         "authorization": {"free_charging_id_tag": "KILL-FREE"},
         "ocpp": {"meter_value_sample_interval_s": scenario.sample_interval_s},
         "simulator": {
