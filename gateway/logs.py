@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TextIO
 
 from gateway.event_log import RECENT, fields_of
 
@@ -40,6 +41,18 @@ class JournalHandler(logging.Handler):
             self.handleError(record)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Plain lines to whatever sys.stderr is at the time of each record (a test may have swapped it since)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: TextIO) -> None:
+        pass
+
+
 def journal_handler() -> logging.Handler | None:
     """journald's handler when this process runs under systemd (JOURNAL_STREAM set) and systemd-python is there."""
     if "JOURNAL_STREAM" not in os.environ:
@@ -52,14 +65,18 @@ def journal_handler() -> logging.Handler | None:
 
 
 def setup_logging(verbose: bool) -> None:
+    """Called once per command; again (a test running several commands in one process) it replaces its own handlers."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for old in [h for h in root.handlers if getattr(h, "charger_gateway", False)]:
+        root.removeHandler(old)
     handler = journal_handler()
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.charger_gateway = True  # type: ignore[attr-defined]
     root.addHandler(handler)
-    root.addHandler(RECENT)
+    root.addHandler(RECENT)  # a second add of the same handler is a no-op
     # pymodbus logs every timeout at ERROR; the line layer reports outages once instead.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if not verbose:
