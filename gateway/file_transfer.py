@@ -161,7 +161,7 @@ def _download(url: str, dest: Path, abort: _Abort, stall_s: float) -> int:
     try:
         with part.open("wb") as sink:
             if urlsplit(url).scheme.lower() == "ftp":
-                _ftp_retrieve(url, sink, abort, stall_s)
+                _ftp_transfer(url, "RETR", lambda data: _copy(data, sink, abort), abort, stall_s)
             else:
                 _http(url, "GET", None, sink, abort, stall_s)
             sink.flush()
@@ -174,7 +174,7 @@ def _download(url: str, dest: Path, abort: _Abort, stall_s: float) -> int:
 
 def _upload(url: str, data: bytes, abort: _Abort, stall_s: float) -> None:
     if urlsplit(url).scheme.lower() == "ftp":
-        _ftp_store(url, data, abort, stall_s)
+        _ftp_transfer(url, "STOR", lambda sock: sock.sendall(data), abort, stall_s)
     else:
         _http(url, "PUT", data, None, abort, stall_s)
 
@@ -255,39 +255,20 @@ def _ftp_path(parts: SplitResult) -> str:
     return path
 
 
-def _ftp_retrieve(url: str, sink: BinaryIO, abort: _Abort, stall_s: float) -> None:
+def _ftp_transfer(url: str, verb: str, move: Callable[[socket.socket], None], abort: _Abort, stall_s: float) -> None:
+    """RETR or STOR one file in binary mode; `move` carries the bytes over the data connection."""
     parts = urlsplit(url)
     ftp = _ftp_login(parts, abort, stall_s)
     try:
         ftp.voidcmd("TYPE I")
-        data = ftp.transfercmd(f"RETR {_ftp_path(parts)}")
+        data = ftp.transfercmd(f"{verb} {_ftp_path(parts)}")
         abort.track(data)
         try:
-            _copy(data, sink, abort)
+            move(data)
         finally:
             abort.untrack(data)
             data.close()
-        ftp.voidresp()
-        with contextlib.suppress(*ftplib.all_errors):
-            ftp.quit()
-    finally:
-        abort.untrack(ftp.sock)
-        ftp.close()
-
-
-def _ftp_store(url: str, payload: bytes, abort: _Abort, stall_s: float) -> None:
-    parts = urlsplit(url)
-    ftp = _ftp_login(parts, abort, stall_s)
-    try:
-        ftp.voidcmd("TYPE I")
-        data = ftp.transfercmd(f"STOR {_ftp_path(parts)}")
-        abort.track(data)
-        try:
-            data.sendall(payload)
-        finally:
-            abort.untrack(data)
-            data.close()
-        ftp.voidresp()  # 226: the server has the whole file
+        ftp.voidresp()  # 226: the whole file went across
         with contextlib.suppress(*ftplib.all_errors):
             ftp.quit()
     finally:
