@@ -1,6 +1,6 @@
 """The commissioning report: one printable HTML file from a selftest and its config (REQUIREMENTS 24, 27).
 
-Pure: `render_report` turns a gateway.selftest.Selftest into a self-contained page: the
+Pure: `render_report` turns a gateway.selftest_checks.Selftest into a self-contained page: the
 site, the charge point, the backend and its uplinks, each connector with its slave,
 profile, what identified it and the ids it read, a label with a QR code per connector
 where `commissioning.qr_url_template` is set (segno, inline SVG), every check with its
@@ -23,7 +23,7 @@ import segno
 import gateway
 from gateway.clock import iso
 from gateway.devprofile import Framing
-from gateway.selftest import Check, Selftest, Status
+from gateway.selftest_checks import Check, Selftest, Status
 from gateway.settings import Config, UplinkSettings
 from gateway.uplink import backend_url
 from gateway.uplink_security import effective_profile, is_tls

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import websockets
 from ocpp.exceptions import OCPPError
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
 from gateway import ocpp_messages, retry
 from gateway.auth_key import AuthKeyStore
@@ -34,13 +34,13 @@ from gateway.backoff import Backoff
 from gateway.clock import Clock
 from gateway.errors import BackendRefused, ClockUnset, StoreError, UplinkError
 from gateway.failover import Failover
-from gateway.ocpp_link import WEBSOCKET_LOG, Handler, OcppLink
+from gateway.ocpp_link import Handler, OcppLink
 from gateway.reading import Reading
 from gateway.session import StatusChanged
 from gateway.settings import BackendSettings, ChargePointInfo, FailoverSettings, OcppSettings, UplinkSettings
 from gateway.store import QueuedMessage, Store
 from gateway.traffic import SocketMeter, Traffic
-from gateway.uplink_connect import Recorder, host_and_port, interface_usable, open_socket, probe
+from gateway.uplink_connect import OCPP_SUBPROTOCOL, Recorder, connect_websocket, host_and_port, interface_usable, open_socket, probe
 from gateway.uplink_security import (
     LAB_WARNING,
     basic_auth_header,
@@ -53,7 +53,6 @@ from gateway.uplink_security import (
 
 log = logging.getLogger("gateway.uplink")
 
-OCPP_SUBPROTOCOL = "ocpp1.6"
 # What TriggerMessage may ask for (OCPP 1.6 §5.17); _send_triggered sends each but the firmware and
 # diagnostics notifications, which their runners send through `notify` (gateway.control).
 TRIGGERABLE = frozenset({
@@ -272,19 +271,9 @@ class Uplink:
         sock = await open_socket(host, port, uplink, self.backend.response_timeout_s)
         meter = SocketMeter(sock)
         try:
-            ws = await connect(
-                backend_url(self.backend, self.info.identity),
-                sock=sock,
-                ssl=tls,
-                server_hostname=host if tls is not None else None,
-                subprotocols=[websockets.Subprotocol(OCPP_SUBPROTOCOL)],
-                additional_headers=headers,
-                compression="deflate" if self.backend.compression else None,
-                ping_interval=None,  # our own keepalive pings only when the link is quiet (_keepalive)
-                open_timeout=self.backend.response_timeout_s,
-                # A close handshake cannot cross a dead GPRS link; do not wait the default 10 s for one.
-                close_timeout=2,
-                logger=WEBSOCKET_LOG,
+            ws = await connect_websocket(
+                backend_url(self.backend, self.info.identity), sock, tls, headers,
+                compression=self.backend.compression, timeout_s=self.backend.response_timeout_s,
             )
         except BaseException:
             # The event loop's transport owns the socket now and closes it; closing it here as well would

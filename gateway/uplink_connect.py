@@ -1,4 +1,5 @@
-"""The TCP side of an uplink: a socket bound to the chosen interface or source address, and the failback probe.
+"""The connection side of an uplink: a socket bound to the chosen interface or source address, the OCPP
+websocket over it (for gateway.uplink and the selftest's BootNotification alike), and the failback probe.
 
 The socket is made here rather than by the websocket library so that it can be
 bound before it connects (SO_BINDTODEVICE: the route of that interface, whatever
@@ -14,15 +15,20 @@ import asyncio
 import ipaddress
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from gateway.ocpp_link import WEBSOCKET_LOG
 from gateway.settings import UplinkSettings
 from gateway.traffic import SocketMeter, Traffic
 from gateway.uplink_security import describe_tls_failure
 
 SYS_NET = Path("/sys/class/net")
+OCPP_SUBPROTOCOL = "ocpp1.6"
 
 
 def interface_usable(uplink: UplinkSettings, sys_net: Path = SYS_NET) -> bool:
@@ -70,6 +76,32 @@ async def open_socket(host: str, port: int, uplink: UplinkSettings, timeout_s: f
                 raise
         assert last is not None
         raise last
+
+
+async def connect_websocket(
+    url: str, sock: socket.socket, tls: ssl.SSLContext | None, headers: Mapping[str, str], *, compression: bool, timeout_s: float
+) -> ClientConnection:
+    """The OCPP 1.6J websocket to `url` over `sock` (from open_socket); websockets' errors as they come.
+
+    `headers`: the Basic-auth header, or none. The TLS and websocket handshakes get `timeout_s`.
+    Whether this returns or raises, the event loop's transport owns `sock` and closes it: closing
+    it as well would free its descriptor number while the transport still holds it registered.
+    The caller checks that the backend agreed to OCPP_SUBPROTOCOL (ClientConnection.subprotocol).
+    """
+    return await connect(
+        url,
+        sock=sock,
+        ssl=tls,
+        server_hostname=host_and_port(url)[0] if tls is not None else None,
+        subprotocols=[websockets.Subprotocol(OCPP_SUBPROTOCOL)],
+        additional_headers=headers,
+        compression="deflate" if compression else None,
+        ping_interval=None,  # the uplink's own keepalive pings only when the link is quiet (Uplink._keepalive)
+        open_timeout=timeout_s,
+        # A close handshake cannot cross a dead GPRS link; do not wait the default 10 s for one.
+        close_timeout=2,
+        logger=WEBSOCKET_LOG,
+    )
 
 
 Recorder = Callable[[str, Traffic], Awaitable[None]]

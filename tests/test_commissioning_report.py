@@ -1,7 +1,7 @@
 """The commissioning report: a well-formed, self-contained page that prints, shows what the selftest found,
 carries a QR code per connector, and never lets text from the config or a device become markup.
 
-Pure: the selftest result is built from the verdict functions of gateway.selftest, the
+Pure: the selftest result is built from the verdict functions of gateway.selftest_checks, the
 config is loaded from a real file; nothing runs.
 """
 
@@ -17,7 +17,7 @@ from gateway.clock import EARLIEST_VALID
 from gateway.commissioning_report import qr_svg, render_report
 from gateway.config import load_config_with_warnings
 from gateway.errors import ConfigError, ConfigIssue
-from gateway.selftest import (
+from gateway.selftest_checks import (
     BootOutcome,
     Check,
     Device,

@@ -25,17 +25,18 @@ import yaml
 from gateway import selftest
 from gateway.clock import EARLIEST_VALID
 from gateway.config import load_config_with_warnings
-from gateway.selftest import (
+from gateway.selftest import run_selftest
+from gateway.selftest_checks import (
     BootOutcome,
     Device,
     Handshake,
     Reach,
+    Selftest,
     Status,
     boot_check,
     clock_check,
     daemon_boot_check,
     daemon_devices,
-    run_selftest,
     slaves_check,
     tls_check,
     uplinks_check,
@@ -174,7 +175,7 @@ async def simulated(path: Path) -> AsyncIterator[None]:
         await asyncio.gather(task, return_exceptions=True)
 
 
-def statuses(result: selftest.Selftest) -> dict[str, Status]:
+def statuses(result: Selftest) -> dict[str, Status]:
     return {c.name: c.status for c in result.checks}
 
 
@@ -263,7 +264,7 @@ async def test_a_missing_slave_another_model_a_dead_port_and_a_wrong_password_ea
     assert "not-the-password" not in json.dumps(result.to_json())
 
 
-def selftest_devices(result: selftest.Selftest) -> list[Device]:
+def selftest_devices(result: Selftest) -> list[Device]:
     """The slaves check's devices, back from their JSON form."""
     check = result.check("slaves")
     assert check is not None
