@@ -65,6 +65,10 @@ ln -s "$VENV/bin/$NAME" "$STAGE/usr/bin/$NAME"
 install -D -m 0644 deploy/$NAME.service "$STAGE/lib/systemd/system/$NAME.service"
 install -D -m 0644 deploy/sysusers.conf "$STAGE/usr/lib/sysusers.d/$NAME.conf"
 install -D -m 0644 deploy/polkit.rules "$STAGE/usr/share/polkit-1/rules.d/$NAME.rules"
+# UpdateFirmware: the daemon's install command, and the root unit and script it asks to install the image.
+install -D -m 0644 "deploy/$NAME-install@.service" "$STAGE/lib/systemd/system/$NAME-install@.service"
+install -d "$STAGE/usr/lib/$NAME"
+install -m 0755 deploy/request-firmware-install deploy/install-firmware "$STAGE/usr/lib/$NAME/"
 # postinst gives /etc/charger-gateway and the config to group charger-gateway.
 install -d -m 0750 "$STAGE/etc/$NAME"
 install -d -m 0755 "$STAGE/etc/$NAME/profiles"
@@ -76,6 +80,7 @@ install -m 0644 README.md config/gateway.example.yaml docs/*.md deploy/debian/co
 install -d "$STAGE/DEBIAN"
 install -m 0644 deploy/debian/conffiles "$STAGE/DEBIAN/conffiles"
 install -m 0755 deploy/debian/postinst deploy/debian/prerm deploy/debian/postrm "$STAGE/DEBIAN/"
+# polkitd runs polkit.rules (Reset Hard, firmware updates); without it the daemon runs, but can do neither.
 cat >"$STAGE/DEBIAN/control" <<EOF
 Package: $NAME
 Version: $VERSION
@@ -83,7 +88,7 @@ Architecture: $ARCH
 Maintainer: $MAINTAINER
 Installed-Size: $(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)
 Depends: python3 (>= $PY_MINOR), python3 (<< $PY_NEXT), systemd | systemd-standalone-sysusers
-Recommends: python3-systemd
+Recommends: python3-systemd, polkitd
 Section: net
 Priority: optional
 Description: charger-cluster gateway: Modbus slave chargers as one OCPP 1.6J charge point

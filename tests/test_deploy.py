@@ -1,10 +1,12 @@
 """deploy/: the hardened unit against systemd-analyze, and the Debian package built, installed
-into a scratch root with dpkg (maintainer scripts run chrootless, DPKG_ROOT set), reinstalled,
-removed and purged.
+into a scratch root with dpkg (maintainer scripts run chrootless, DPKG_ROOT set), upgraded and
+rolled back through the firmware-update path, removed and purged.
 
-Nothing here touches the host's system: dpkg gets --root and --log in tmp_path, and the
-maintainer scripts leave the host's systemd alone whenever DPKG_ROOT is set. Run as non-root,
-dpkg and the ownership checks go through one fakeroot session per scratch root.
+Nothing here touches the host's system: dpkg gets --root (or DPKG_ROOT) and --log in tmp_path,
+and the maintainer scripts leave the host's systemd alone whenever DPKG_ROOT is set. Run as
+non-root, dpkg and the ownership checks go through one fakeroot session per scratch root.
+The firmware path's systemctl start cannot run here (no systemd as PID 1): its unit is
+verified, its polkit rule evaluated, and the root script it starts run for real.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
+
+from gateway.settings import FirmwareSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "charger-gateway.service"
+INSTALL_UNIT = DEPLOY / "charger-gateway-install@.service"
 NAME = "charger-gateway"
+LIBEXEC = Path("usr/lib/charger-gateway")
+FIRMWARE = Path("var/lib/charger-gateway/firmware")  # the daemon's images: storage.path's directory / firmware
+REQUEST_INSTALL = f"/{LIBEXEC}/request-firmware-install"
 VENV = Path("opt/charger-gateway/venv")
 ETC = Path("etc/charger-gateway")
 HOST_UNITS = Path("/usr/lib/systemd/system")
@@ -34,6 +43,7 @@ backend: {url: "wss://csms.example.net/ocpp", password_file: backend-password}
 buses: [{name: rs485-1, kind: rtu, port: /dev/ttyS1}]
 connectors: [{id: 1, bus: rs485-1, unit: 1, profile: heidelberg-energy-control}]
 storage: {path: /var/lib/charger-gateway/gateway.db}
+firmware: {install_command: [/usr/lib/charger-gateway/request-firmware-install, "{file}"]}
 """
 SITE_PASSWORD = "correct-horse-battery-staple\n"
 CONFIG_FAULT = re.compile(r"^error: (?P<file>.+?):(?P<line>\d+): (?P<key>\S+): (?P<message>.+)$", re.MULTILINE)
@@ -68,8 +78,43 @@ def with_host_parts(root: Path) -> None:
     shutil.copy(shutil.which("kill") or "/bin/kill", root / "bin/kill")
 
 
-def verify(root: Path) -> subprocess.CompletedProcess[str]:
-    return run(["systemd-analyze", "verify", f"--root={root}", f"{NAME}.service"])
+def verify(root: Path, unit: str = f"{NAME}.service") -> subprocess.CompletedProcess[str]:
+    return run(["systemd-analyze", "verify", f"--root={root}", unit])
+
+
+def install_unit(image: str) -> str:
+    """The instance of charger-gateway-install@.service that installs `image`, named as request-firmware-install names it."""
+    result = run(["systemd-escape", f"--template={INSTALL_UNIT.name}", "--path", image])
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def build_deb(tree: Path, deb: Path) -> Path:
+    """A .deb of `tree` (DEBIAN/ and the files), owned by root, uncompressed: quick to make and to read."""
+    result = run(["dpkg-deb", "--root-owner-group", "-Znone", "--build", str(tree), str(deb)])
+    assert result.returncode == 0, result.stderr
+    return deb
+
+
+def tiny_deb(directory: Path, package: str) -> Path:
+    """A package with a control file and one file, the least dpkg-deb builds."""
+    tree = directory / f"{package}-tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        f"Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: test <test@localhost>\nDescription: a test package\n"
+    )
+    (tree / f"usr/share/{package}").mkdir(parents=True)
+    (tree / f"usr/share/{package}/README").write_text("test\n")
+    return build_deb(tree, directory / f"{package}_1.0_all.deb")
+
+
+def install_firmware(script: Path, image: Path, root: Path, as_root: list[str] | None = None, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The root script the install unit runs, on `image`, with `root` as DPKG_ROOT (dpkg's own variable for the
+    root it installs into). `home` may hold a .dpkg.cfg: dpkg's per-user options."""
+    env = {**os.environ, "DPKG_ROOT": str(root)}
+    if home is not None:
+        env["HOME"] = str(home)
+    return run([*(as_root or []), str(script), str(image)], env=env)
 
 
 class ScratchRoot:
@@ -120,6 +165,17 @@ class ScratchRoot:
                 return fields
         raise AssertionError(f"{name} is not in the scratch root's /etc/{file}")
 
+    def install_firmware(self, image: Path) -> subprocess.CompletedProcess[str]:
+        """The installed install-firmware on an image in this root, as charger-gateway-install@.service runs it.
+        What dpkg() gives on the command line comes from dpkg's per-user config file instead."""
+        home = self.path.parent / "home"
+        home.mkdir(exist_ok=True)
+        (home / ".dpkg.cfg").write_text(f"log {self.path.parent / 'dpkg.log'}\nforce-script-chrootless\nforce-depends\n")
+        return install_firmware(self / LIBEXEC / "install-firmware", image, self.path, self._as_root, home)
+
+    def version(self) -> str:
+        return run(["dpkg-query", f"--admindir={self / 'var/lib/dpkg'}", "-W", "-f=${Version}", NAME]).stdout
+
     def check_config(self) -> subprocess.CompletedProcess[str]:
         """`python -m gateway check-config` on the installed conffile, with the installed venv alone (-I: not this checkout)."""
         return run([str(self / VENV / "bin/python"), "-I", "-m", "gateway", "check-config", str(self / ETC / "gateway.yaml")], cwd=self.path.parent)
@@ -138,6 +194,24 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     package = Path(result.stdout.strip().splitlines()[-1])
     print(f"built {package.name}: {package.stat().st_size / 1e6:.1f} MB")
     return package
+
+
+@pytest.fixture(scope="module")
+def newer_deb(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package as its next version comes from the backend: a later version whose packaged config changed
+    (so dpkg meets a conffile both the site and the package changed). Repacked: a second build takes seconds."""
+    work = tmp_path_factory.mktemp("newer")
+    tree = work / "tree"
+    result = run(["dpkg-deb", "--raw-extract", str(deb), str(tree)])
+    assert result.returncode == 0, result.stderr
+    control = tree / "DEBIAN/control"
+    version = re.search(r"^Version: (.+)$", control.read_text(), re.MULTILINE)
+    arch = re.search(r"^Architecture: (.+)$", control.read_text(), re.MULTILINE)
+    assert version is not None and arch is not None
+    control.write_text(control.read_text().replace(f"Version: {version[1]}\n", f"Version: {version[1]}+fw1\n"))
+    with (tree / ETC / "gateway.yaml").open("a") as config:
+        config.write("# a line the next version adds\n")
+    return build_deb(tree, work / f"{NAME}_{version[1]}+fw1_{arch[1]}.deb")
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +241,38 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert verify(root).returncode != 0
 
 
+def test_install_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    # The instance for a real image path, with the script in place: %f and ExecStart as systemd reads them.
+    require("systemd-analyze", "systemd")
+    root = tmp_path / "root"
+    (root / LIBEXEC).mkdir(parents=True)
+    with_host_parts(root)
+    shutil.copy(DEPLOY / "install-firmware", root / LIBEXEC)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(INSTALL_UNIT, root / "etc/systemd/system")
+    unit = install_unit(f"/{FIRMWARE}/incoming/{NAME}_1.2.0_arm64.deb")
+    assert unit == r"charger-gateway-install@var-lib-charger\x2dgateway-firmware-incoming-charger\x2dgateway_1.2.0_arm64.deb.service"
+
+    result = verify(root, unit)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+    (root / LIBEXEC / "install-firmware").unlink()  # teeth, as above
+    assert verify(root, unit).returncode != 0
+
+
+def test_install_unit_is_a_root_oneshot_that_ends_before_the_daemon_gives_up() -> None:
+    unit = unit_settings(INSTALL_UNIT.read_text())
+    # oneshot: `systemctl start` waits for the install and fails with it; %f is the instance unescaped, the image's path.
+    assert unit["Type"] == ["oneshot"]
+    assert unit["ExecStart"] == [f"/{LIBEXEC}/install-firmware %f"]
+    assert not {"User", "DynamicUser", "WantedBy", "RequiredBy"} & unit.keys()  # root, started on request only
+    # The daemon kills its request past install_timeout_s and rolls back; the unit must have ended by then.
+    timespan = run(["systemd-analyze", "timespan", unit["TimeoutStartSec"][0]])
+    found = re.search(r"μs: (\d+)", timespan.stdout)
+    assert found is not None, timespan.stdout + timespan.stderr
+    assert int(found[1]) / 1e6 < FirmwareSettings().install_timeout_s
+
+
 def test_unit_security_exposure_is_ok() -> None:
     require("systemd-analyze", "systemd")
     result = run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)])
@@ -194,27 +300,44 @@ def test_unit_keeps_what_the_daemon_relies_on() -> None:
     assert not {"PrivateDevices", "PrivateUsers", "ProcSubset", "IPAddressDeny", "PrivateNetwork"} & unit.keys()
 
 
-def test_polkit_rule_allows_the_service_to_reboot_and_nothing_more() -> None:
-    # Evaluated in a real JavaScript engine (Node; polkit has its own) against a stand-in polkit.
+def test_polkit_rule_allows_the_service_to_reboot_and_to_start_installs_and_nothing_more() -> None:
+    # Evaluated in a real JavaScript engine (Node; polkit has its own) against a stand-in polkit, whose actions
+    # carry the details systemd gives manage-units (unit and verb, since v226).
     require("node", "nodejs")
     probe = """
     const rules = [];
     const polkit = {Result: {YES: "yes", NO: "no", AUTH_ADMIN: "auth_admin", NOT_HANDLED: null}, addRule: (rule) => rules.push(rule)};
     new Function("polkit", require("fs").readFileSync(process.argv[1], "utf8"))(polkit);
-    const ask = ([id, user]) => rules.map((rule) => rule({id: id}, {user: user})).find((answer) => answer !== null) ?? null;
+    const ask = ([id, user, details]) => {
+        const action = {id: id, lookup: (key) => (details ?? {})[key]};
+        return rules.map((rule) => rule(action, {user: user})).find((answer) => answer !== null) ?? null;
+    };
     console.log(JSON.stringify(JSON.parse(process.argv[2]).map(ask)));
     """
-    asked = [
-        ["org.freedesktop.login1.reboot", NAME],
-        ["org.freedesktop.login1.reboot-multiple-sessions", NAME],
-        ["org.freedesktop.login1.reboot-ignore-inhibit", NAME],
-        ["org.freedesktop.login1.power-off", NAME],
-        ["org.freedesktop.systemd1.manage-units", NAME],
-        ["org.freedesktop.login1.reboot", "www-data"],
-    ]
-    result = run(["node", "-e", probe, str(DEPLOY / "polkit.rules"), json.dumps(asked)])
+    manage = "org.freedesktop.systemd1.manage-units"
+    install = install_unit(f"/{FIRMWARE}/incoming/{NAME}_1.2.0_arm64.deb")  # as request-firmware-install names it
+    rollback = install_unit(f"/{FIRMWARE}/installed/{NAME}_1.1.0_arm64.deb")
+    asked = {
+        "reboot": (["org.freedesktop.login1.reboot", NAME], "yes"),
+        "reboot, other sessions": (["org.freedesktop.login1.reboot-multiple-sessions", NAME], "yes"),
+        "start the install": ([manage, NAME, {"unit": install, "verb": "start"}], "yes"),
+        "start the rollback": ([manage, NAME, {"unit": rollback, "verb": "start"}], "yes"),
+        "reboot past inhibitors": (["org.freedesktop.login1.reboot-ignore-inhibit", NAME], None),
+        "power off": (["org.freedesktop.login1.power-off", NAME], None),
+        "units, no details": ([manage, NAME], None),
+        "stop the install": ([manage, NAME, {"unit": install, "verb": "stop"}], None),
+        "restart the install": ([manage, NAME, {"unit": install, "verb": "restart"}], None),
+        "start the daemon": ([manage, NAME, {"unit": f"{NAME}.service", "verb": "start"}], None),
+        "start another unit": ([manage, NAME, {"unit": "ssh.service", "verb": "start"}], None),
+        "start the bare template": ([manage, NAME, {"unit": "charger-gateway-install@.service", "verb": "start"}], None),
+        "start a look-alike": ([manage, NAME, {"unit": f"x{install}", "verb": "start"}], None),
+        "start an install as another unit type": ([manage, NAME, {"unit": install.replace(".service", ".timer"), "verb": "start"}], None),
+        "other user reboots": (["org.freedesktop.login1.reboot", "www-data"], None),
+        "other user starts the install": ([manage, "www-data", {"unit": install, "verb": "start"}], None),
+    }
+    result = run(["node", "-e", probe, str(DEPLOY / "polkit.rules"), json.dumps([question for question, _ in asked.values()])])
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == ["yes", "yes", None, None, None, None]
+    assert dict(zip(asked, json.loads(result.stdout), strict=True)) == {case: answer for case, (_, answer) in asked.items()}
 
 
 def test_package_is_small_and_declares_its_conffile(deb: Path) -> None:
@@ -225,12 +348,16 @@ def test_package_is_small_and_declares_its_conffile(deb: Path) -> None:
     assert not [p for p in paths if "/site-packages/pip/" in p or "/site-packages/setuptools/" in p]
     assert not [p for p in paths if "/site-packages/tests/" in p]
     assert "./opt/charger-gateway/venv/lib/python3.11/site-packages/gateway/profiles/heidelberg-energy-control.yaml" in paths
+    modes = {line.split()[5]: line.split()[:2] for line in listing.splitlines()}
+    assert modes[f"./lib/systemd/system/{INSTALL_UNIT.name}"] == ["-rw-r--r--", "root/root"]
+    for script in ("install-firmware", "request-firmware-install"):  # root's, run by the install unit and the daemon
+        assert modes[f"./{LIBEXEC}/{script}"] == ["-rwxr-xr-x", "root/root"]
 
     conffiles = run(["dpkg-deb", "--info", str(deb), "conffiles"]).stdout.split()
     assert conffiles == [f"/etc/{NAME}/gateway.yaml"]
     control = run(["dpkg-deb", "--field", str(deb), "Depends", "Recommends"]).stdout
     assert "python3 (>= 3.11), python3 (<< 3.12)" in control  # the venv's minor version, no other
-    assert "Recommends: python3-systemd" in control
+    assert "Recommends: python3-systemd, polkitd" in control  # polkitd runs polkit.rules: Reset Hard, firmware updates
 
 
 def test_install_lays_out_the_files(installed: ScratchRoot) -> None:
@@ -244,9 +371,19 @@ def test_install_lays_out_the_files(installed: ScratchRoot) -> None:
     assert (installed / f"lib/systemd/system/{NAME}.service").read_bytes() == UNIT.read_bytes()
     assert (installed / f"usr/lib/sysusers.d/{NAME}.conf").is_file()
     assert (installed / f"usr/share/polkit-1/rules.d/{NAME}.rules").read_bytes() == (DEPLOY / "polkit.rules").read_bytes()
+    assert (installed / f"lib/systemd/system/{INSTALL_UNIT.name}").read_bytes() == INSTALL_UNIT.read_bytes()
+    for script in ("install-firmware", "request-firmware-install"):
+        assert (installed / LIBEXEC / script).read_bytes() == (DEPLOY / script).read_bytes()
     assert (installed / ETC / "gateway.yaml").read_bytes() == (DEPLOY / "gateway.yaml").read_bytes()
     conffiles = run(["dpkg-query", f"--admindir={installed / 'var/lib/dpkg'}", "-W", "-f=${Conffiles}", NAME]).stdout
     assert f"/etc/{NAME}/gateway.yaml" in conffiles
+
+
+def test_packaged_config_installs_firmware_through_the_install_unit(installed: ScratchRoot) -> None:
+    config = yaml.safe_load((installed / ETC / "gateway.yaml").read_text())
+    command = config["firmware"]["install_command"]
+    assert command == [REQUEST_INSTALL, "{file}"]
+    assert os.access(installed / command[0].lstrip("/"), os.X_OK)
 
 
 def test_installed_venv_imports_every_module(installed: ScratchRoot) -> None:
@@ -283,6 +420,7 @@ def test_installed_venv_reports_what_the_installer_must_fill_in(installed: Scrat
     assert result.returncode == 78, result.stderr  # EX_CONFIG: the unit will not start, nor restart
     faults = {m["key"]: m for m in CONFIG_FAULT.finditer(result.stderr)}
     assert {"charge_point.identity", "charge_point.vendor", "charge_point.model", "backend.url", "connectors"} <= faults.keys()
+    assert not [key for key in faults if key.startswith("firmware")]  # the packaged install command is valid as it is
     lines = (installed / ETC / "gateway.yaml").read_text().splitlines()
     for key, fault in faults.items():  # each at the file, line and key the installer edits
         leaf = key.rsplit(".", 1)[-1].split("[")[0]
@@ -294,8 +432,9 @@ def test_installed_unit_finds_its_command(installed: ScratchRoot) -> None:
     # The installed unit, its ExecStart resolved through the package's /usr/bin link into the venv.
     require("systemd-analyze", "systemd")
     with_host_parts(installed.path)
-    result = verify(installed.path)
-    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    for unit in (f"{NAME}.service", install_unit(f"/{FIRMWARE}/incoming/{NAME}_1.2.0_arm64.deb")):
+        result = verify(installed.path, unit)
+        assert (result.returncode, result.stdout + result.stderr) == (0, ""), unit
 
 
 def test_install_enables_the_unit(installed: ScratchRoot) -> None:
@@ -305,7 +444,64 @@ def test_install_enables_the_unit(installed: ScratchRoot) -> None:
     assert os.readlink(link) == f"/lib/systemd/system/{NAME}.service"
 
 
-def test_reinstall_remove_and_purge(deb: Path, tmp_path: Path) -> None:
+def test_install_script_refuses_an_image_outside_the_firmware_directory(tmp_path: Path) -> None:
+    # Even a package of the gateway: the daemon stages its images nowhere else, so anything else is not one of them.
+    root = tmp_path / "root"
+    firmware = root / FIRMWARE
+    (firmware / "incoming").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    image = tiny_deb(elsewhere, NAME)
+    (firmware / "incoming/link.deb").symlink_to(image)
+    dotted = firmware / "incoming" / os.path.relpath(image, firmware / "incoming")  # .../firmware/incoming/../../..
+    for named in (image, firmware / "incoming/link.deb", dotted):
+        result = install_firmware(DEPLOY / "install-firmware", named, root)
+        assert (result.returncode, result.stdout) == (1, ""), named
+        assert f"is not under {firmware.resolve()}: refused" in result.stderr
+
+    # The firmware directory is the service user's to replace; a symlink there does not move the boundary.
+    shutil.rmtree(firmware)
+    firmware.symlink_to(elsewhere)
+    result = install_firmware(DEPLOY / "install-firmware", firmware / image.name, root)
+    assert (result.returncode, result.stdout) == (1, "") and "refused" in result.stderr
+
+
+def test_install_script_refuses_another_package_or_no_package(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    incoming = root / FIRMWARE / "incoming"
+    incoming.mkdir(parents=True)
+    other = tiny_deb(incoming, "other")
+    (incoming / "truncated.deb").write_bytes(other.read_bytes()[:100])
+    (incoming / "a-directory.deb").mkdir()
+    refusals = {
+        other: f"is a package of 'other', not of {NAME}: refused",
+        incoming / "truncated.deb": "is not a Debian package",
+        incoming / "a-directory.deb": "is not a regular file: refused",
+        incoming / "gone.deb": "no such file",
+    }
+    for image, reason in refusals.items():
+        result = install_firmware(DEPLOY / "install-firmware", image, root)
+        assert (result.returncode, result.stdout) == (1, ""), image
+        assert result.stderr.startswith(f"install-firmware: {image}") and reason in result.stderr, result.stderr
+    assert run([str(DEPLOY / "install-firmware")]).returncode == 2  # usage
+
+
+def test_install_request_refuses_a_path_that_names_no_unit(tmp_path: Path) -> None:
+    # Refused before systemctl: the path must come back whole from the instance name (%f) as install-firmware's argument.
+    script = str(DEPLOY / "request-firmware-install")
+    long_name = "a-" * 60 + ".deb"  # 124 characters (the daemon allows 128), over 255 once escaped with the directory
+    for path, reason in (
+        (f"{FIRMWARE}/incoming/x.deb", "is not an absolute path"),
+        (f"/{FIRMWARE}/incoming/../installed/x.deb", "makes no unit name"),
+        (f"/{FIRMWARE}/incoming/{long_name}", "makes no unit name"),
+    ):
+        result = run([script, path], cwd=tmp_path)
+        assert (result.returncode, result.stdout) == (2, ""), path
+        assert reason in result.stderr
+    assert run([script], cwd=tmp_path).returncode == 2
+
+
+def test_firmware_update_rollback_remove_and_purge(deb: Path, newer_deb: Path, tmp_path: Path) -> None:
     root = ScratchRoot(tmp_path / "root")
     root.dpkg("--force-depends", "--install", str(deb))
 
@@ -317,13 +513,32 @@ def test_reinstall_remove_and_purge(deb: Path, tmp_path: Path) -> None:
     result = root.check_config()
     assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
 
-    # An upgrade (here the same version again) keeps the edited conffile and the password.
-    root.dpkg("--force-depends", "--install", str(deb))
+    # A firmware update: the next version, as the daemon downloaded it, installed by the script the install unit
+    # runs as root. Unattended: the site's config and password stay (the package's new config lands beside
+    # them), and the running daemon is left to report Installed and restart itself.
+    factory = root.version()
+    incoming = root / FIRMWARE / "incoming"
+    incoming.mkdir(parents=True)
+    result = root.install_firmware(Path(shutil.copy(newer_deb, incoming)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert root.version() == f"{factory}+fw1"
+    assert f"installing {NAME} {factory}+fw1 (installed: {factory})" in result.stdout
+    assert f"{NAME}: not restarted here: the gateway restarts itself" in result.stdout  # the variable reached postinst
     assert (root / ETC / "gateway.yaml").read_text() == SITE_CONFIG
+    assert (root / ETC / "gateway.yaml.dpkg-dist").read_text().endswith("# a line the next version adds\n")
     assert (root / ETC / "backend-password").read_text() == SITE_PASSWORD
     gid = int(root.ids("group", NAME)[2])
     assert root.owner_and_mode(ETC) == (0, gid, 0o750)
     assert root.owner_and_mode(ETC / "backend-password")[1:] == (gid, 0o600)
+
+    # Its rollback: the image the last good update kept goes back on, a downgrade, as unattended.
+    kept = root / FIRMWARE / "installed"
+    kept.mkdir()
+    result = root.install_firmware(Path(shutil.copy(deb, kept)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert root.version() == factory
+    assert (root / ETC / "gateway.yaml").read_text() == SITE_CONFIG
+    assert (root / ETC / "backend-password").read_text() == SITE_PASSWORD
 
     # Remove: the code goes, even the .pyc files check-config wrote; config, secret and state stay.
     root.check_config()
