@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from gateway.store import Store
+
 with warnings.catch_warnings():  # pyftpdlib 2 still imports asyncore/asynchat, deprecated in Python 3.11
     warnings.simplefilter("ignore", DeprecationWarning)
     from pyftpdlib.authorizers import DummyAuthorizer
@@ -145,3 +147,14 @@ async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"not within {timeout:g} s: {what or 'the condition'}") from None
+
+
+async def kept_once_reported(store: Store, key: str, reported: Callable[[dict], object], timeout: float = 5.0) -> dict:
+    """The state kept under `key`, once it says the backend answered: it is saved just after the backend has the
+    notice, so a test that sees the notice arrive must wait for that save too."""
+    async with asyncio.timeout(timeout):
+        while True:
+            state = await store.load_state(key)
+            if isinstance(state, dict) and reported(state):
+                return state
+            await asyncio.sleep(0.01)

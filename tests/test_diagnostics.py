@@ -38,7 +38,7 @@ from gateway.event_log import Event, RecentLog
 from gateway.session import Transaction, TransactionStarted
 from gateway.settings import Config
 from gateway.store import Store
-from tests.file_servers import FTP_PASSWORD, Backend, HttpFiles, ftp_files, http_files, until
+from tests.file_servers import FTP_PASSWORD, Backend, HttpFiles, ftp_files, http_files, kept_once_reported, until
 from tests.loopback import free_port
 
 BASIC_PASSWORD = "basic-auth-S3CRET-pw"
@@ -196,7 +196,7 @@ async def test_a_bundle_over_http_holds_what_a_technician_needs_and_no_secret(tm
     for secret in (*SECRETS, "CARD-PERSONAL-1"):
         assert secret.encode() not in everything, secret
     assert diagnostics.status().value == "Idle"
-    state = await store.load_state(STATE_KEY)
+    state = await kept_once_reported(store, STATE_KEY, lambda s: s["reported"])
     assert state == {"status": "Uploaded", "file_name": name, "reported": True}
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -225,9 +225,7 @@ async def test_a_refused_upload_is_retried_then_upload_failed(tmp_path: Path, we
     assert [r[0] for r in web.requests] == ["PUT", "PUT"] and web.uploads == {}
     await diagnostics.request({"location": f"ftp://127.0.0.1:{free_port()}/up", "retries": 0})
     await until(lambda: backend.statuses("DiagnosticsStatusNotification").count("UploadFailed") == 2, what="refused connection")
-    async with asyncio.timeout(5):  # kept as reported just after the backend has it
-        while not ((state := await store.load_state(STATE_KEY)) and state["reported"]):
-            await asyncio.sleep(0.01)
+    state = await kept_once_reported(store, STATE_KEY, lambda s: s["reported"])
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert isinstance(state, dict) and state["status"] == "UploadFailed"
@@ -238,11 +236,12 @@ async def test_an_upload_cut_short_by_a_restart_is_reported_failed(tmp_path: Pat
     await store.save_state(STATE_KEY, {"status": "Uploading", "file_name": "diagnostics-x.tar.gz", "reported": False})
     task = asyncio.create_task(diagnostics.run())
     await until(lambda: backend.statuses("DiagnosticsStatusNotification") == ["UploadFailed"])
+    state = await kept_once_reported(store, STATE_KEY, lambda s: s["reported"])
+    assert state == {"status": "UploadFailed", "file_name": "diagnostics-x.tar.gz", "reported": True}
     diagnostics.report()
     assert backend.statuses("DiagnosticsStatusNotification")[-1] == "Idle", "TriggerMessage with nothing under way"
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert await store.load_state(STATE_KEY) == {"status": "UploadFailed", "file_name": "diagnostics-x.tar.gz", "reported": True}
 
 
 async def test_bad_requests_are_refused_with_the_reason(tmp_path: Path) -> None:

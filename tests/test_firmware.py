@@ -47,7 +47,7 @@ from gateway.firmware_update import STATE_KEY, FirmwareUpdater
 from gateway.settings import FirmwareSettings
 from gateway.store import Store
 from tests.clocks import HandClock
-from tests.file_servers import FTP_PASSWORD, Backend, HttpFiles, ftp_files, http_files, until
+from tests.file_servers import FTP_PASSWORD, Backend, HttpFiles, ftp_files, http_files, kept_once_reported, until
 from tests.loopback import free_port
 
 IMAGE = b"charger-gateway 1.1 image\n"
@@ -397,9 +397,7 @@ async def test_a_restart_during_the_install_resumes_and_reports(
     task = asyncio.create_task(updater.run())
     await until(lambda: expected in rig.backend.statuses())
     assert rig.backend.statuses() == [expected] and rig.installs() == installs
-    async with asyncio.timeout(5):  # the answer is kept as reported just after the backend has it
-        while not ((state := await rig.store.load_state(STATE_KEY)) and state["update"]["reported"]):
-            await asyncio.sleep(0.01)
+    await kept_once_reported(rig.store, STATE_KEY, lambda s: s["update"]["reported"])
     assert not task.done(), "the new version already runs: no second restart"
     await stop(task)
 
@@ -417,9 +415,8 @@ async def test_an_unanswered_final_status_is_sent_again_after_a_restart(rig: Rig
     task = asyncio.create_task(updater.run())
     await until(lambda: rig.backend.statuses() == ["Installed"])
     await until(lambda: updater.status().value == "Idle")
+    await kept_once_reported(rig.store, STATE_KEY, lambda s: s["update"]["reported"])
     await stop(task)
-    state = await rig.store.load_state(STATE_KEY)
-    assert isinstance(state, dict) and state["update"]["reported"]
 
 
 # --- end to end: the strict independent backend ------------------------------------------------
