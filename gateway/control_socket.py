@@ -499,13 +499,8 @@ class ControlServer:
         line = self.daemon.lines[line_name]
         timeout = self.daemon.config.bus(bus).request_timeout_s or profile.request_timeout_s
         answer: dict[str, Any] = {"connector": connector, "role": role, "bus": bus, "line": line_name, "unit": unit, "profile": profile.name}
-        words = {}
         try:
-            for block in profile.blocks:
-                words[block] = await line.read(
-                    unit if block.unit is None else block.unit, block.table, block.address, block.count,
-                    timeout_s=timeout, gap_s=profile.inter_frame_delay_s, priority=Priority.COMMAND, repeat=profile.repeat,
-                )
+            words = await line.read_profile(profile, unit, timeout_s=timeout, priority=Priority.COMMAND)
         except LineUnavailable as exc:
             return answer | {"answered": False, "matches": None, "detail": str(exc)}
         except DeviceError as exc:  # a timeout is silence; an exception or a garbled reply is someone answering

@@ -32,7 +32,7 @@ from typing import Protocol
 from pymodbus.pdu import ModbusPDU
 
 from gateway.backoff import Backoff
-from gateway.devprofile import Framing, Table
+from gateway.devprofile import Framing, Profile, ReadBlock, Table
 from gateway.errors import (
     ConfigError,
     ConfigIssue,
@@ -185,6 +185,20 @@ class ModbusLine(abc.ABC):
         """Read `count` registers of `table` from `address` (FC04 input, FC03 holding), or coils (FC01, 0/1 each)."""
         pdu = read_request(unit, table, address, count, self._units)
         return await self._submit(pdu, timeout_s, gap_s, priority, repeat)
+
+    async def read_profile(
+        self, profile: Profile, unit: int, *, timeout_s: float, gap_s: float | None = None, priority: Priority = Priority.POLL
+    ) -> dict[ReadBlock, list[int]]:
+        """Every block of a profile, each from its own unit where it names one (Alfen: the station's, 200),
+        with the profile's repeats; `gap_s` defaults to the profile's inter-frame delay."""
+        gap = profile.inter_frame_delay_s if gap_s is None else gap_s
+        return {
+            block: await self.read(
+                unit if block.unit is None else block.unit, block.table, block.address, block.count,
+                timeout_s=timeout_s, gap_s=gap, priority=priority, repeat=profile.repeat,
+            )
+            for block in profile.blocks
+        }
 
     async def write(
         self,

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from gateway import ocpp_messages, registers
 from gateway.clock import Clock
-from gateway.devprofile import Profile, ReadBlock, Table
+from gateway.devprofile import Profile, Table
 from gateway.errors import DeviceError
 from gateway.modbus_line import ModbusLine, Priority
 from gateway.reading import Reading
@@ -158,14 +158,14 @@ class ConnectorPoller:
         try:
             if not self.online:
                 await self._init_writes()
-            blocks = await self._read_blocks(self.profile, self.line, self.settings.unit, self.timeout_s)
+            blocks = await self.line.read_profile(self.profile, self.settings.unit, timeout_s=self.timeout_s)
             reading = registers.decode_reading(self.profile, blocks)
         except DeviceError as exc:
             await self._lost(exc, wall, "slave")
             return
         if (meter := self.meter) is not None:
             try:
-                metered = registers.decode_reading(meter.profile, await self._read_blocks(meter.profile, meter.line, meter.unit, meter.timeout_s))
+                metered = registers.decode_reading(meter.profile, await meter.line.read_profile(meter.profile, meter.unit, timeout_s=meter.timeout_s))
             except DeviceError as exc:
                 # Without the meter there is no energy to account: the connector is lost like a silent charger.
                 await self._lost(exc, wall, "meter")
@@ -190,16 +190,6 @@ class ConnectorPoller:
         await self._keepalive(wanted)
         if committed:  # a sample refers to its session row, which must exist
             await self._sample(reading, wall)
-
-    async def _read_blocks(self, profile: Profile, line: ModbusLine, unit: int, timeout_s: float) -> dict[ReadBlock, list[int]]:
-        """Every block of a profile, each from its own unit where it names one (Alfen: the station's, 200)."""
-        blocks = {}
-        for block in profile.blocks:
-            blocks[block] = await line.read(
-                unit if block.unit is None else block.unit, block.table, block.address, block.count,
-                timeout_s=timeout_s, gap_s=profile.inter_frame_delay_s, priority=Priority.POLL, repeat=profile.repeat,
-            )
-        return blocks
 
     async def _write(self, write: registers.RegisterWrite) -> None:
         """One write to the charger: a coil (FC05) or holding registers (FC06 / FC16)."""
