@@ -1,10 +1,9 @@
 """The daemon's history, read straight from its SQLite file: sessions, daily totals per connector, the pending outbox.
 
 For `charger-gateway sessions` and `queue`, and the alarms `status` shows. Everything here
-only reads, through a read-only connection, so it works whether the daemon runs or not and
-never changes the file. The opening follows Store.open_read_only: while the daemon runs
-(a -wal file exists) the reader shares its WAL; otherwise the file is opened immutable, so
-that no -wal or -shm file is left behind owned by whoever ran the tool.
+only reads, through a read-only connection opened as Store.open_read_only opens one
+(gateway.store.read_only_uri), so it works whether the daemon runs or not and never
+changes the file.
 
 Times are UTC, like every time the gateway keeps. A session counts on the UTC day it
 started, with all its hours and energy (a session over midnight is not split).
@@ -25,6 +24,7 @@ from typing import Any
 
 from gateway.clock import EARLIEST_VALID
 from gateway.errors import StoreError
+from gateway.store import read_only_uri
 
 DAY_S = 86_400.0
 _DAYS = re.compile(r"(\d+)d")
@@ -177,11 +177,9 @@ def message_stamp(payload: dict[str, Any]) -> float | None:
 @contextlib.contextmanager
 def read_only(path: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection to the daemon's database; StoreError when there is none or it cannot be read."""
-    if not path.is_file():
-        raise StoreError(f"{path}: no such database")
-    flags = "mode=ro" if Path(f"{path}-wal").exists() else "mode=ro&immutable=1"
+    uri = read_only_uri(path)
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, timeout=5)
+        conn = sqlite3.connect(uri, uri=True, timeout=5)
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: {exc}") from exc
     try:

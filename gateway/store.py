@@ -195,6 +195,14 @@ async def _open_checked(path: Path) -> aiosqlite.Connection:
     return db
 
 
+def read_only_uri(path: Path) -> str:
+    """The URI that opens an existing store for reading only (see Store.open_read_only); StoreError if there is none."""
+    if not path.is_file():
+        raise StoreError(f"{path}: no such database")
+    flags = "mode=ro" if Path(f"{path}-wal").exists() else "mode=ro&immutable=1"
+    return f"{path.resolve().as_uri()}?{flags}"
+
+
 class Store:
     """Thin async layer over one SQLite file; every public method is one atomic commit."""
 
@@ -248,11 +256,8 @@ class Store:
         view is opened immutable: a reader would otherwise leave -wal and -shm files behind,
         owned by whoever ran the tool, which the daemon might then be unable to open.
         """
-        if not path.is_file():
-            raise StoreError(f"{path}: no such database")
-        flags = "mode=ro" if Path(f"{path}-wal").exists() else "mode=ro&immutable=1"
         try:
-            db = await aiosqlite.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None)
+            db = await aiosqlite.connect(read_only_uri(path), uri=True, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: {exc}") from exc
         try:
