@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sqlite3
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gateway
 from gateway import history
+from gateway.data_usage import THRESHOLDS_PERCENT
 
 if TYPE_CHECKING:
     from gateway.modbus_line import LineStats
@@ -107,9 +108,6 @@ class StatusInput:
     recorded: Sequence[history.RecordedAlarm]
 
 
-BUDGET_ALARM_PERCENT = 80  # as gateway.data_usage's first threshold
-
-
 def _connector_json(c: ConnectorView) -> dict[str, Any]:
     s, r, tx = c.settings, c.reading, c.transaction
     session = None
@@ -147,7 +145,7 @@ def status_alarms(s: StatusInput) -> list[dict[str, Any]]:
             alarm("modem", f"modem of uplink {name}: {health.ps.status.label} (packet data)")
     for b in s.budgets:
         percent = 100 * b.used / b.budget
-        if percent >= BUDGET_ALARM_PERCENT:
+        if percent >= THRESHOLDS_PERCENT[0]:  # the recorder's first alarm
             alarm("data_budget", f"uplink {b.uplink} used {percent:.0f} % of its monthly data budget in {b.month}")
     open_lines = {line.name for line in s.lines if line.open}
     for c in s.connectors:
@@ -352,14 +350,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EX_ALARM if status["alarms"] else EX_OK
 
 
-def _database(config: Config) -> Path | None:
-    path = config.storage.path
-    if not path.is_file():
-        print(f"error: no database at {path}: the daemon has not run with this config yet", file=sys.stderr)
-        return None
-    return path
-
-
 def _now(conn: sqlite3.Connection) -> float:
     """Now, or, while this box believes it is 1970, the last time the database knows (so --since means something)."""
     from gateway.clock import Clock
@@ -372,12 +362,23 @@ def _now(conn: sqlite3.Connection) -> float:
     return now
 
 
-def cmd_sessions(args: argparse.Namespace) -> int:
-    path = _database(_load(args.config))
-    if path is None:
-        return EX_NOINPUT
+@contextlib.contextmanager
+def _history(args: argparse.Namespace) -> Iterator[tuple[sqlite3.Connection, float] | None]:
+    """The daemon's database read-only and `now` (see _now); None, said why, when there is no database yet."""
+    path = _load(args.config).storage.path
+    if not path.is_file():
+        print(f"error: no database at {path}: the daemon has not run with this config yet", file=sys.stderr)
+        yield None
+        return
     with history.read_only(path) as conn:
-        now = _now(conn)
+        yield conn, _now(conn)
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    with _history(args) as opened:
+        if opened is None:
+            return EX_NOINPUT
+        conn, now = opened
         try:
             since = history.parse_since(args.since, datetime.fromtimestamp(now, UTC).date())
         except ValueError as exc:
@@ -392,11 +393,10 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    path = _database(_load(args.config))
-    if path is None:
-        return EX_NOINPUT
-    with history.read_only(path) as conn:
-        now = _now(conn)
+    with _history(args) as opened:
+        if opened is None:
+            return EX_NOINPUT
+        conn, now = opened
         summary = history.queue(conn, args.limit)
     if args.json:
         _print_json({"pending": summary.pending, "bytes": summary.bytes, "by_action": summary.by_action,
