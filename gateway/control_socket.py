@@ -42,7 +42,7 @@ from gateway.data_usage import budget_bytes, day_key, month_of
 from gateway.devprofile import Framing, Profile, Table
 from gateway.errors import DeviceError, DeviceTimeout, GatewayError, LineUnavailable, StoreError
 from gateway.event_log import RECENT
-from gateway.modbus_line import Priority, line_key, meter_line_key
+from gateway.modbus_line import Priority, line_key, meter_line_key, read_profile
 from gateway.modbus_transport import MAX_READ_COUNT, MAX_WRITE_COUNT, SERIAL_UNITS, TCP_UNITS
 from gateway.registers import identify_matches
 from gateway.settings import Config
@@ -500,7 +500,7 @@ class ControlServer:
         timeout = self.daemon.config.bus(bus).request_timeout_s or profile.request_timeout_s
         answer: dict[str, Any] = {"connector": connector, "role": role, "bus": bus, "line": line_name, "unit": unit, "profile": profile.name}
         try:
-            words = await line.read_profile(profile, unit, timeout_s=timeout, priority=Priority.COMMAND)
+            words = await read_profile(line, profile, unit, timeout_s=timeout, priority=Priority.COMMAND)
         except LineUnavailable as exc:
             return answer | {"answered": False, "matches": None, "detail": str(exc)}
         except DeviceError as exc:  # a timeout is silence; an exception or a garbled reply is someone answering

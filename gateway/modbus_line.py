@@ -186,20 +186,6 @@ class ModbusLine(abc.ABC):
         pdu = read_request(unit, table, address, count, self._units)
         return await self._submit(pdu, timeout_s, gap_s, priority, repeat)
 
-    async def read_profile(
-        self, profile: Profile, unit: int, *, timeout_s: float, gap_s: float | None = None, priority: Priority = Priority.POLL
-    ) -> dict[ReadBlock, list[int]]:
-        """Every block of a profile, each from its own unit where it names one (Alfen: the station's, 200),
-        with the profile's repeats; `gap_s` defaults to the profile's inter-frame delay."""
-        gap = profile.inter_frame_delay_s if gap_s is None else gap_s
-        return {
-            block: await self.read(
-                unit if block.unit is None else block.unit, block.table, block.address, block.count,
-                timeout_s=timeout_s, gap_s=gap, priority=priority, repeat=profile.repeat,
-            )
-            for block in profile.blocks
-        }
-
     async def write(
         self,
         unit: int,
@@ -448,6 +434,21 @@ class ModbusLine(abc.ABC):
             request.future.set_exception(outcome)
         else:
             request.future.set_result(outcome)
+
+
+async def read_profile(
+    line: ModbusLine, profile: Profile, unit: int, *, timeout_s: float, gap_s: float | None = None, priority: Priority = Priority.POLL
+) -> dict[ReadBlock, list[int]]:
+    """Every block of a profile, each from its own unit where it names one (Alfen: the station's, 200),
+    with the profile's repeats; `gap_s` defaults to the profile's inter-frame delay."""
+    gap = profile.inter_frame_delay_s if gap_s is None else gap_s
+    return {
+        block: await line.read(
+            unit if block.unit is None else block.unit, block.table, block.address, block.count,
+            timeout_s=timeout_s, gap_s=gap, priority=priority, repeat=profile.repeat,
+        )
+        for block in profile.blocks
+    }
 
 
 class SerialLine(ModbusLine):

@@ -24,7 +24,7 @@ from gateway import ocpp_messages, registers
 from gateway.clock import Clock
 from gateway.devprofile import Profile, Table
 from gateway.errors import DeviceError
-from gateway.modbus_line import ModbusLine, Priority
+from gateway.modbus_line import ModbusLine, Priority, read_profile
 from gateway.reading import Reading
 from gateway.session import Connector, Effect
 from gateway.settings import BusSettings, ConnectorSettings, outlet_max_current_a
@@ -158,14 +158,14 @@ class ConnectorPoller:
         try:
             if not self.online:
                 await self._init_writes()
-            blocks = await self.line.read_profile(self.profile, self.settings.unit, timeout_s=self.timeout_s)
+            blocks = await read_profile(self.line, self.profile, self.settings.unit, timeout_s=self.timeout_s)
             reading = registers.decode_reading(self.profile, blocks)
         except DeviceError as exc:
             await self._lost(exc, wall, "slave")
             return
         if (meter := self.meter) is not None:
             try:
-                metered = registers.decode_reading(meter.profile, await meter.line.read_profile(meter.profile, meter.unit, timeout_s=meter.timeout_s))
+                metered = registers.decode_reading(meter.profile, await read_profile(meter.line, meter.profile, meter.unit, timeout_s=meter.timeout_s))
             except DeviceError as exc:
                 # Without the meter there is no energy to account: the connector is lost like a silent charger.
                 await self._lost(exc, wall, "meter")
