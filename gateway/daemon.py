@@ -436,12 +436,14 @@ class Daemon:
             async with asyncio.timeout(RESET_DRAIN_S):
                 while self.uplink.connected.is_set() and await self.store.pending():
                     await asyncio.sleep(0.2)
+        await self._wind_down()
         raise ResetRequested(self._reset_hard)
 
     async def _update_firmware(self) -> None:
         """UpdateFirmware (§5.19): once a new image is installed and reported, restart to run it.
         Not a Reset: the transactions go on, and the restarted daemon resumes them."""
         await self.control.firmware.run()
+        await self._wind_down()
         raise ResetRequested(hard=False)
 
     async def _housekeeping(self) -> None:
@@ -486,6 +488,8 @@ class Daemon:
 
     async def _supervise(self) -> None:
         """STATUS= every few seconds, WATCHDOG=1 at half the watchdog period, only while every task runs."""
+        if not self.notifier.enabled:
+            return  # not under systemd: nobody to tell (the one task allowed to end)
         every = min(STATUS_EVERY_S, self.notifier.watchdog_s / 2) if self.notifier.watchdog_s else STATUS_EVERY_S
         while True:
             try:
@@ -503,11 +507,16 @@ class Daemon:
             await asyncio.sleep(every)
 
     async def _stop_when_asked(self) -> None:
-        """SIGTERM: the pollers stop between two commits, each line ends the transaction on the wire,
-        what the disk refused before is tried once more, then the daemon ends (the store closes after)."""
+        """SIGTERM: wind down, then the daemon ends (the store closes after)."""
         await self._stop.wait()
         log.info("stopping")
         self.notifier.notify(STOPPING=1, STATUS="stopping")
+        await self._wind_down()
+        raise StopRequested
+
+    async def _wind_down(self) -> None:
+        """Before every way out (stop, reset, a new firmware): the pollers stop between two commits, each
+        line ends the transaction on the wire, and what the disk refused before is tried once more."""
         pollers = [t for t in self._tasks.tasks if t.get_name().startswith("connector ")] if self._tasks else []
         async with self._commit_lock:  # no commit is half done while the pollers go
             for task in pollers:
@@ -518,7 +527,6 @@ class Daemon:
                 await asyncio.gather(*(line.finish() for line in self.lines.values()))
         if self._pending and not await self.handle_effects([]):
             log.error("%d events could not be stored before stopping: the next start reconciles from the slaves", len(self._pending))
-        raise StopRequested
 
     async def _reload_when_asked(self) -> None:
         """SIGHUP: read the config file again and take what can be taken while running (gateway.reload)."""
