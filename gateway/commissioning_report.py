@@ -113,18 +113,16 @@ def qr_svg(text: str) -> str:
 
 def _site(result: Selftest, config: Config | None) -> str:
     verdict = result.verdict
-    counts = {s: sum(c.status is s for c in result.checks) for s in Status}
     made = [
         ("Report made", f"{iso(result.wall)[:16].replace('T', ' ')} UTC"),
         ("Made by", f"{result.user} on {result.hostname}"),
         ("Software", f"charger-gateway {gateway.__version__}"),
         ("Config file", result.config_file),
-        ("Mode", "asked the running daemon for the slaves and its link" if result.daemon else "standalone (the daemon was not running)"),
+        ("Mode", result.mode),
     ]
     head = (
         f"<h1>Commissioning report</h1>"
-        f'<div class="verdict {verdict.value}">{_e(VERDICTS[verdict])}: {counts[Status.FAIL]} failed, '
-        f"{counts[Status.WARN]} warning(s), {counts[Status.SKIPPED]} skipped</div>"
+        f'<div class="verdict {verdict.value}">{_e(VERDICTS[verdict])}: {_e(result.tally)}</div>'
     )
     if config is None:
         return f'<section id="site">{head}<h2>Site and charge point</h2><p>The config did not load: see the self-test.</p>{_kv(made)}</section>'

@@ -5,18 +5,27 @@ Part of gateway.config (which owns the rest of the file).
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Any
 
 from gateway.settings import CommissioningSettings, ControlSettings, FirmwareSettings
 from gateway.yamlschema import Field, ListOf, dataclass_map, resolve_path
 
+_TEMPLATE_FIELDS = ("identity", "connector")
+
 
 def _url_template(value: str) -> str | None:
+    """Only the bare fields {identity} and {connector} (a format spec such as {connector:02d} is fine):
+    str.format would also take {identity.upper} or {connector[0]}, and print garbage on a sticker or raise."""
+    problem = "is not a URL template with only {identity} and {connector}"
     try:
+        for _, name, spec, _ in string.Formatter().parse(value):
+            if name is not None and (name not in _TEMPLATE_FIELDS or "{" in (spec or "")):  # a nested {field} in a spec too
+                return f"{problem}: {{{name}{':' + spec if spec else ''}}}"
         value.format(identity="CP", connector=1)
-    except (KeyError, IndexError, ValueError) as exc:
-        return f"is not a URL template with only {{identity}} and {{connector}}: {exc}"
+    except ValueError as exc:  # unbalanced braces, a format spec that does not fit the value
+        return f"{problem}: {exc}"
     return None
 
 

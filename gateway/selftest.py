@@ -1,7 +1,7 @@
 """`charger-gateway selftest`: the commissioning checks run in turn, and the command that prints and files them (REQUIREMENTS 27).
 
 The thin I/O side: `probe_devices` reads every configured slave and meter over the config's
-own lines, `reach_uplinks` and `tls_handshakes` connect to the backend over each uplink,
+own lines, `connect_uplinks` connects to the backend over each uplink (TCP, then TLS on it),
 `boot_once` sends one BootNotification on a real OCPP 1.6J connection, and
 gateway.control_socket's client asks a running daemon. `run_selftest` runs them in turn and
 hands what they found to the pure verdicts of gateway.selftest_checks; `main` prints the
@@ -179,52 +179,49 @@ async def probe_devices(config: Config) -> list[Device]:
     return devices
 
 
-async def reach_uplinks(config: Config, timeout_s: float = CONNECT_TIMEOUT_S) -> list[Reach]:
-    host, port = host_and_port(config.backend.url)
+async def connect_uplinks(
+    url: str, uplinks: Sequence[UplinkSettings], tls: ssl.SSLContext | None, timeout_s: float = CONNECT_TIMEOUT_S
+) -> list[tuple[Reach, Handshake | None]]:
+    """Checks 4 and 5 on one connection per uplink: TCP to the backend, then over it the TLS handshake
+    when `tls` is given (the backend checked as the link checks it); no websocket, no OCPP."""
+    host, port = host_and_port(url)
     loop = asyncio.get_running_loop()
-    out = []
-    for uplink in config.uplinks:
+    out: list[tuple[Reach, Handshake | None]] = []
+    for uplink in uplinks:
         if not interface_usable(uplink):
-            out.append(Reach(uplink.name, f"interface {uplink.interface} is missing or down"))
+            out.append((Reach(uplink.name, f"interface {uplink.interface} is missing or down"), None))
             continue
         started = loop.time()
         try:
             sock = await open_socket(host, port, uplink, timeout_s)
         except (OSError, TimeoutError) as exc:
-            out.append(Reach(uplink.name, describe_error(exc)))
+            out.append((Reach(uplink.name, describe_error(exc)), None))
             continue
-        sock.close()
-        out.append(Reach(uplink.name, None, (loop.time() - started) * 1e3))
+        reach = Reach(uplink.name, None, (loop.time() - started) * 1e3)
+        if tls is None:
+            sock.close()
+            out.append((reach, None))
+        else:
+            out.append((reach, await _handshake(sock, host, uplink.name, tls, timeout_s)))
     return out
 
 
-async def tls_handshakes(url: str, uplinks: Sequence[UplinkSettings], tls: ssl.SSLContext, timeout_s: float = CONNECT_TIMEOUT_S) -> list[Handshake]:
-    """The handshake over each uplink, the backend checked as the link checks it; no websocket, no OCPP."""
-    host, port = host_and_port(url)
-    loop = asyncio.get_running_loop()
-    out = []
-    for uplink in uplinks:
-        try:
-            sock = await open_socket(host, port, uplink, timeout_s)
-        except (OSError, TimeoutError) as exc:
-            out.append(Handshake(uplink.name, describe_error(exc)))
-            continue
-        try:  # the loop's transport owns the socket from here and closes it, also when the handshake fails
-            async with asyncio.timeout(timeout_s):
-                transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock, ssl=tls, server_hostname=host)
-        except ssl.SSLError as exc:
-            out.append(Handshake(uplink.name, describe_tls_failure(exc)))
-            continue
-        except (OSError, TimeoutError) as exc:
-            out.append(Handshake(uplink.name, f"TLS handshake: {describe_error(exc)}"))
-            continue
-        cert, tls_object = transport.get_extra_info("peercert") or {}, transport.get_extra_info("ssl_object")
-        transport.close()
-        out.append(Handshake(
-            uplink.name, None, tls_object.version() if tls_object else None, cert_name(cert.get("subject")), cert_name(cert.get("issuer")),
-            ssl.cert_time_to_seconds(cert["notAfter"]) if "notAfter" in cert else None,
-        ))
-    return out
+async def _handshake(sock: socket.socket, host: str, uplink: str, tls: ssl.SSLContext, timeout_s: float) -> Handshake:
+    """The TLS handshake on a connected socket, then closed; the loop's transport owns the socket from here
+    and closes it, also when the handshake fails."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            transport, _ = await asyncio.get_running_loop().create_connection(asyncio.Protocol, sock=sock, ssl=tls, server_hostname=host)
+    except ssl.SSLError as exc:
+        return Handshake(uplink, describe_tls_failure(exc))
+    except (OSError, TimeoutError) as exc:
+        return Handshake(uplink, f"TLS handshake: {describe_error(exc)}")
+    cert, tls_object = transport.get_extra_info("peercert") or {}, transport.get_extra_info("ssl_object")
+    transport.close()
+    return Handshake(
+        uplink, None, tls_object.version() if tls_object else None, cert_name(cert.get("subject")), cert_name(cert.get("issuer")),
+        ssl.cert_time_to_seconds(cert["notAfter"]) if "notAfter" in cert else None,
+    )
 
 
 def _password(config: Config) -> tuple[bytes | None, str | None]:
@@ -240,12 +237,16 @@ def _password(config: Config) -> tuple[bytes | None, str | None]:
     return None, None
 
 
-async def boot_once(config: Config, uplink: UplinkSettings, profile: int, wall: Callable[[], float] = time.time) -> BootOutcome:
-    """Open the OCPP connection as the daemon does, send one BootNotification, close; never raises for the backend's doing."""
+async def boot_once(
+    config: Config, uplink: UplinkSettings, profile: int, tls: ssl.SSLContext | None, wall: Callable[[], float] = time.time
+) -> BootOutcome:
+    """Open the OCPP connection as the daemon does, send one BootNotification, close; never raises for the backend's doing.
+
+    `tls`: the context of check 5 (gateway.uplink_security.tls_context), None for plain ws.
+    """
     backend, identity = config.backend, config.charge_point.identity
     try:
         password, credentials = (None, None) if profile == 3 else _password(config)  # profile 3: the certificate proves us
-        tls = tls_context(backend, profile) if is_tls(backend.url) else None
     except OSError as exc:
         return BootOutcome(uplink.name, problem=file_problem(exc))
     host, port = host_and_port(backend.url)
@@ -334,20 +335,21 @@ async def run_selftest(
     running, unusable = await find_daemon(config.control.socket)
     checks.append(await _from_daemon(config, "slaves", unusable) if running else slaves_check(await probe_devices(config)))
     checks.append(clock_check(wall(), ntp()))
-    reaches = await reach_uplinks(config)
-    checks.append(uplinks_check(config.backend.url, reaches))
-    reachable = [u for u, r in zip(config.uplinks, reaches, strict=True) if r.problem is None]
-    profile = effective_profile(config.backend)
-    tls = await _tls(config, reachable, profile, wall)
-    checks.append(tls)
+    url, profile = config.backend.url, effective_profile(config.backend)
+    tls, tls_problem = _tls_context(config, profile, wall())
+    connected = await connect_uplinks(url, config.uplinks, tls)
+    checks.append(uplinks_check(url, [reach for reach, _ in connected]))
+    tls_verdict = tls_check(url, [shake for _, shake in connected if shake is not None], wall(), tls_problem)
+    checks.append(tls_verdict)
+    reachable = [u for u, (reach, _) in zip(config.uplinks, connected, strict=True) if reach.problem is None]
     if running:
         checks.append(await _from_daemon(config, "boot", unusable))
     elif not reachable:
         checks.append(skipped("boot", "no uplink reached the backend"))
-    elif tls.status is Status.FAIL:
+    elif tls_verdict.status is Status.FAIL:
         checks.append(skipped("boot", "TLS does not validate"))
     else:
-        checks.append(boot_check(await boot_once(config, reachable[0], profile, wall), profile))
+        checks.append(boot_check(await boot_once(config, reachable[0], profile, tls, wall), profile))
     return result(config, checks, running)
 
 
@@ -362,17 +364,16 @@ async def _from_daemon(config: Config, name: str, unusable: str | None) -> Check
         return Check(name, Status.FAIL, f"the daemon could not say: {exc}")
 
 
-async def _tls(config: Config, reachable: Sequence[UplinkSettings], profile: int, wall: Callable[[], float]) -> Check:
-    url = config.backend.url
-    if not is_tls(url) or not reachable:
-        return tls_check(url, [], wall())
-    if (problem := clock_problem(wall())) is not None:
-        return tls_check(url, [], wall(), problem)
+def _tls_context(config: Config, profile: int, now: float) -> tuple[ssl.SSLContext | None, str | None]:
+    """The TLS context of checks 5 and 6, or why no handshake can be tried (the clock, the TLS files); (None, None): plain ws."""
+    if not is_tls(config.backend.url):
+        return None, None
+    if (problem := clock_problem(now)) is not None:
+        return None, problem
     try:
-        tls = tls_context(config.backend, profile)
+        return tls_context(config.backend, profile), None
     except OSError as exc:  # ssl.SSLError too: a key that does not fit its certificate
-        return tls_check(url, [], wall(), f"TLS files: {file_problem(exc)}")
-    return tls_check(url, await tls_handshakes(url, reachable, tls), wall())
+        return None, f"TLS files: {file_problem(exc)}"
 
 
 # --- the command ------------------------------------------------------------------------------------

@@ -155,6 +155,16 @@ class Selftest:
             return EX_CONFIG
         return 1 if self.verdict is Status.FAIL else 0
 
+    @property
+    def mode(self) -> str:
+        return "asked the running daemon for the slaves and its link" if self.daemon else "standalone (the daemon was not running)"
+
+    @property
+    def tally(self) -> str:
+        """The checks counted, as the screen's summary and the report's verdict say it."""
+        counts = {s: sum(c.status is s for c in self.checks) for s in Status}
+        return f"{counts[Status.FAIL]} failed, {counts[Status.WARN]} warning(s), {counts[Status.SKIPPED]} skipped"
+
     def check(self, name: str) -> Check | None:
         return next((c for c in self.checks if c.name == name), None)
 
@@ -367,9 +377,8 @@ def default_report_path(config: Config, wall: float) -> Path:
 
 
 def render_text(result: Selftest) -> str:
-    mode = "asked the running daemon for the slaves and its link" if result.daemon else "standalone"
     who = result.config.charge_point.identity if result.config else "?"
-    lines = [f"selftest of {who} ({result.config_file}), {mode}"]
+    lines = [f"selftest of {who} ({result.config_file}), {result.mode}"]
     for c in result.checks:
         lines.append(f"  {c.status.value.upper() if c.status is Status.FAIL else c.status.value:<9}{c.title}: {c.detail}")
         lines += [f"             {note}" for note in c.notes]
@@ -377,6 +386,4 @@ def render_text(result: Selftest) -> str:
 
 
 def summary_line(result: Selftest) -> str:
-    counts = {s: sum(c.status is s for c in result.checks) for s in Status}
-    return (f"result: {result.verdict.value.upper()} ({counts[Status.FAIL]} failed, {counts[Status.WARN]} warning(s), "
-            f"{counts[Status.SKIPPED]} skipped)")
+    return f"result: {result.verdict.value.upper()} ({result.tally})"

@@ -7,10 +7,14 @@ config is loaded from a real file; nothing runs.
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from gateway.clock import EARLIEST_VALID
@@ -48,7 +52,7 @@ VOID = {"meta", "br"}
 
 
 class Page(HTMLParser):
-    """Every tag and text of a page, and whether its tags nest properly."""
+    """Every tag and text of a page (what a reader sees: not the style sheet), and whether its tags nest properly."""
 
     def __init__(self, text: str) -> None:
         super().__init__(convert_charrefs=True)
@@ -72,7 +76,8 @@ class Page(HTMLParser):
             self.misnested.append(tag)
 
     def handle_data(self, data: str) -> None:
-        self.texts.append(data)
+        if self.open[-1:] != ["style"]:
+            self.texts.append(data)
 
     @property
     def text(self) -> str:
@@ -162,6 +167,53 @@ def test_each_connector_gets_a_label_with_the_qr_code_of_its_url(tmp_path: Path)
     assert 'id="labels"' in html
 
 
+def modules(svg: str) -> list[list[bool]]:
+    """The dark modules an inline SVG of segno's draws: its path is rows of `h` strokes, one unit high,
+    centred on y + 0.5, between relative moves; anything else in it fails the reading."""
+    size = re.fullmatch(r'<svg viewBox="0 0 (\d+) (\d+)" class="qr"><path stroke="#000" d="([^"]+)"/></svg>', svg)
+    assert size is not None and size[1] == size[2], svg[:120]
+    grid = [[False] * int(size[1]) for _ in range(int(size[1]))]
+    x = y = 0.0
+    for op, a, b in re.findall(r"([Mmh])(-?[\d.]+)(?: (-?[\d.]+))?", size[3]):
+        if op == "h":
+            for column in range(int(x), int(x + float(a))):
+                grid[int(y)][column] = True
+            x += float(a)
+        else:
+            x, y = (float(a), float(b)) if op == "M" else (x + float(a), y + float(b))
+    assert re.sub(r"[Mmh]-?[\d.]+(?: -?[\d.]+)?", "", size[3]) == "", "a path command this reading does not know"
+    return grid
+
+
+def decode(svg: str) -> str:
+    """What an independent decoder (zbar, as a phone's scanner would) reads from the drawn code."""
+    grid, scale = modules(svg), 4
+    rows = [bytes(0 if grid[r // scale][c // scale] else 255 for c in range(len(grid) * scale)) for r in range(len(grid) * scale)]
+    image = f"P5 {len(grid) * scale} {len(grid) * scale} 255\n".encode() + b"".join(rows)  # PGM: dark modules black on white
+    read = subprocess.run(["zbarimg", "--quiet", "--raw", "-Sdisable", "-Sqrcode.enable", "-"], input=image, capture_output=True, timeout=30)
+    assert read.returncode == 0, read.stderr.decode()
+    return read.stdout.decode().removesuffix("\n")
+
+
+@pytest.mark.skipif(shutil.which("zbarimg") is None, reason="zbarimg (Debian zbar-tools) is not installed")
+def test_each_label_scans_to_its_connectors_url(tmp_path: Path) -> None:
+    """The codes decoded, not compared with segno's own output: what a phone reads off the sticker."""
+    path = site(tmp_path, qr_url_template=TEMPLATE)
+    codes = svgs(render_report(selftest(path)))
+    assert [decode(svg) for svg in codes] == [TEMPLATE.format(identity="CP-REPORT-1", connector=c) for c in (1, 2, 3)]
+
+
+def test_a_qr_url_template_takes_only_identity_and_connector(tmp_path: Path) -> None:
+    """str.format takes {identity.upper} (garbage on the sticker) and raises on {connector[0]}: both are config faults (exit 78)."""
+    for template in ("https://x/{identity.upper}/{connector}", "https://x/{connector[0]}", "https://x/{site}/{connector}",
+                     "https://x/{}", "https://x/{identity", "https://x/{identity:d}", "https://x/{connector:{identity}}"):
+        with pytest.raises(ConfigError) as caught:
+            load_config_with_warnings(site(tmp_path, qr_url_template=template))
+        assert [i.path for i in caught.value.issues] == ["commissioning.qr_url_template"], template
+    path = site(tmp_path, qr_url_template="https://x/{identity}/{connector:02d}?{{literal}}")
+    assert "https://x/CP-REPORT-1/03?{literal}" in render_report(selftest(path))
+
+
 def test_the_report_shows_site_connectors_checks_and_signature_and_prints_on_a4(tmp_path: Path) -> None:
     path = site(tmp_path, site_name="Parking Nord", operator="ACME")
     html = render_report(selftest(path))
@@ -198,5 +250,7 @@ def test_a_config_that_did_not_load_still_gives_a_report_of_why(tmp_path: Path) 
 def test_a_check_result_is_rendered_with_its_notes() -> None:
     check = Check("uplink", Status.WARN, "reached over wired", ("wired: connected in 3 ms", "gprs: <down>"))
     result = Selftest("site.yaml", None, (check,), NOW, "h", "u", False)
-    text = Page(render_report(result)).text
+    html = render_report(result)
+    text = Page(html).text
     assert "Uplink reaches the backend" in text and "gprs: <down>" in text and "warn" in text
+    assert '<span class="status warn">warn</span>' in html and "wired: connected in 3 ms" in text

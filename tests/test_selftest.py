@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -41,12 +42,12 @@ from gateway.selftest_checks import (
     tls_check,
     uplinks_check,
 )
-from gateway.simulator import run_simulation
 from tests.certs import make_self_signed_cert
 from tests.loopback import free_port
 from tests.ocpp_rpc_peer import OcppRpcBackend
 from tests.test_backend_commands import IDENTITY as CLUSTER_ID
 from tests.test_backend_commands import cluster_config, daemon_on_simulator
+from tests.test_simulator import simulating
 
 IDENTITY = "CP-SELFTEST-1"
 HEIDELBERG = "heidelberg-energy-control"
@@ -160,19 +161,8 @@ def site_doc(tmp_path: Path, backend: dict[str, Any], connectors: list[dict[str,
 @contextlib.asynccontextmanager
 async def simulated(path: Path) -> AsyncIterator[None]:
     """The slaves of the config at `path`, played by the simulator until the block ends."""
-    config, _ = load_config_with_warnings(path)
-    ready = asyncio.Event()
-    task = asyncio.create_task(run_simulation(config, ready=ready))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    waiter.cancel()
-    if task.done():
-        task.result()
-    try:
+    async with simulating(load_config_with_warnings(path)[0]):
         yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def statuses(result: Selftest) -> dict[str, Status]:
@@ -324,7 +314,9 @@ async def test_while_the_daemon_runs_selftest_asks_it_and_leaves_lines_and_ident
     server = await asyncio.start_unix_server(daemon.serve, str(tmp_path / "control.sock"))
     async with server, backend:
         result = await run_selftest(path)
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):
+            while not seen:  # the backend's side sees the close a moment after selftest's
+                await asyncio.sleep(0.01)
     assert result.daemon and result.exit_code == 0, result.to_json()
     assert [r["op"] for r in daemon.requests] == ["identify", "status"]
     assert statuses(result)["slaves"] is Status.OK and "(as the daemon reads them)" in result.checks[1].detail
@@ -360,3 +352,49 @@ async def test_with_the_real_daemon_running_its_link_stays_the_only_one(tmp_path
     assert slaves is not None and slaves.status is Status.OK and "(as the daemon reads them)" in slaves.detail
     assert [(d["connector"], d["role"], d["matches"]) for d in slaves.data["devices"]] == [(1, "charger", True), (2, "charger", True)]
     assert boot is not None and boot.status is Status.OK and "BootNotification accepted" in boot.detail
+
+
+async def test_each_uplink_is_reached_and_tls_checked_on_one_connection(tmp_path: Path) -> None:
+    """Check 5's handshake rides on check 4's TCP connection: over GPRS each connection costs seconds and bytes."""
+    cert, key = make_self_signed_cert(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    loop = asyncio.get_running_loop()
+    connections: list[str] = []  # what each TCP connection to the backend carried
+    handshakes: set[asyncio.Task[None]] = set()
+
+    class Backend(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            transport.pause_reading()  # the ClientHello stays in the socket for the TLS layer
+            handshakes.add(asyncio.create_task(self.handshake(transport)))
+
+        async def handshake(self, transport: asyncio.Transport) -> None:
+            try:
+                tls = await loop.start_tls(transport, self, server_tls, server_side=True)
+            except (OSError, ssl.SSLError):
+                connections.append("plain")  # closed without a handshake
+                transport.close()
+                return
+            connections.append("tls")
+            if tls is not None:
+                tls.close()
+
+    backend = await loop.create_server(Backend, "127.0.0.1", 0)
+    port = backend.sockets[0].getsockname()[1]
+    identify = [{"connector": 1, "bus": "rs485", "unit": 1, "profile": HEIDELBERG, "answered": True, "matches": True, "detail": "answers"}]
+    daemon = FakeDaemon({"identify": {"ok": True, "result": identify},  # the daemon runs: no BootNotification of our own
+                         "status": {"ok": True, "result": {"uplink": {"name": "wired", "connected": True, "security_profile": 0}}}})
+    path = write_config(tmp_path, "site.yaml", site_doc(
+        tmp_path, {"url": f"wss://127.0.0.1:{port}/ocpp", "ca_file": str(cert)}, [{"id": 1, "bus": "rs485", "unit": 1, "profile": HEIDELBERG}],
+        uplinks=[{"name": "wired", "source_address": "127.0.0.1"}, {"name": "loop", "interface": "lo"}],
+        buses=[{"name": "rs485", "kind": "rtu", "port": str(tmp_path / "ttyRS485"), "parity": "N"}],
+    ))
+    async with await asyncio.start_unix_server(daemon.serve, str(tmp_path / "control.sock")), backend:
+        result = await run_selftest(path)
+        async with asyncio.timeout(5):
+            await asyncio.gather(*handshakes)
+    assert statuses(result)["uplink"] is Status.OK and statuses(result)["tls"] is Status.WARN, result.to_json()  # the test certificate ends in 2 days
+    tls = result.check("tls")
+    assert tls is not None and [h["uplink"] for h in tls.data["handshakes"]] == ["wired", "loop"]
+    assert connections == ["tls", "tls"]
