@@ -37,14 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway import history
+from gateway import device_probe, history
 from gateway.data_usage import budget_bytes, day_key, month_of
 from gateway.devprofile import Framing, Profile, Table
-from gateway.errors import DeviceError, DeviceTimeout, GatewayError, LineUnavailable, StoreError
+from gateway.errors import DeviceError, GatewayError, LineUnavailable, StoreError
 from gateway.event_log import RECENT
-from gateway.modbus_line import Priority, line_key, meter_line_key, read_profile
+from gateway.modbus_line import Priority, line_key, meter_line_key
 from gateway.modbus_transport import MAX_READ_COUNT, MAX_WRITE_COUNT, SERIAL_UNITS, TCP_UNITS
-from gateway.registers import identify_matches
 from gateway.settings import Config
 from gateway.technician import BudgetView, ConnectorView, LineView, StatusInput, build_status
 
@@ -311,6 +310,7 @@ class ControlServer:
         self.retry_s = retry_s
         self._started = time.monotonic()
         self._clients = 0
+        self._known = device_probe.known_profiles(daemon.config.profiles)  # what a device that is not its model looks like
 
     async def run(self) -> None:
         """Serve until cancelled; then the socket goes, and every client's connection with it."""
@@ -496,24 +496,10 @@ class ControlServer:
         return list(await asyncio.gather(*jobs))
 
     async def _identify_one(self, connector: int, role: str, bus: str, unit: int, profile: Profile, line_name: str) -> dict[str, Any]:
-        line = self.daemon.lines[line_name]
-        timeout = self.daemon.config.bus(bus).request_timeout_s or profile.request_timeout_s
-        answer: dict[str, Any] = {"connector": connector, "role": role, "bus": bus, "line": line_name, "unit": unit, "profile": profile.name}
-        try:
-            words = await read_profile(line, profile, unit, timeout_s=timeout, priority=Priority.COMMAND)
-        except LineUnavailable as exc:
-            return answer | {"answered": False, "matches": None, "detail": str(exc)}
-        except DeviceError as exc:  # a timeout is silence; an exception or a garbled reply is someone answering
-            answered = not isinstance(exc, DeviceTimeout)
-            return answer | {"answered": answered, "matches": False if answered else None, "detail": str(exc)}
-        matches = identify_matches(profile, words)
-        if not profile.identify:
-            detail = f"answered; {profile.name} has no identify checks, so only that its reading decodes was tested"
-        elif matches:
-            detail = f"identified as {profile.name}"
-        else:
-            detail = f"answered, but not as {profile.name}: its identify checks do not hold (another model, or the wrong unit?)"
-        return answer | {"answered": True, "matches": matches, "detail": detail}
+        verdict = await device_probe.probe(
+            self.daemon.lines[line_name], self.daemon.config.bus(bus), profile, unit, self._known, priority=Priority.COMMAND
+        )
+        return {"connector": connector, "role": role, "bus": bus, "line": line_name, "unit": unit, "profile": profile.name} | verdict.to_json()
 
 
 async def _send(writer: asyncio.StreamWriter, message: Mapping[str, Any]) -> None:

@@ -54,7 +54,7 @@ TCP_MARGIN_S = 0.5
 TCP_CONNECT_TIMEOUT_S = 1.0
 # Modbus application protocol §7, codes 0x0A / 0x0B: a TCP gateway saying that nothing
 # answered behind it. That is the absence of a device, not a device.
-_GATEWAY_CODES = frozenset({10, 11})
+GATEWAY_CODES = frozenset({10, 11})
 # Units tried on TCP when neither a profile's factory unit nor --units names one: the Modbus
 # TCP implementation guide (V1.0b, "Unit Identifier") has a device addressed by IP use 0xFF,
 # and many answer 1.
@@ -288,58 +288,16 @@ def rank(matches: Iterable[Match]) -> tuple[Match, ...]:
 _Outcome = list[int] | DeviceError
 
 
-class _Prober:
-    """Probes and identifies units on one line, one request at a time (the line queues them anyway)."""
+class Identifier:
+    """Tells which of `profiles` a unit on `line` is, by their identify checks; each block read once
+    whichever profiles share it. The scan uses it, and so does the selftest for a device that does not
+    match its own profile."""
 
-    def __init__(self, line: ModbusLine, plan: ScanPlan) -> None:
+    def __init__(self, line: ModbusLine, profiles: Sequence[Profile], request_timeout_s: float | None) -> None:
         self.line = line
-        self.plan = plan
+        self.profiles = profiles
+        self.request_timeout_s = request_timeout_s  # the bus's; None: each profile's own
         self._cache: dict[tuple[int, Table, int, int, int], _Outcome] = {}
-
-    async def probe(self, unit: int, timeout_s: float, gap_s: float) -> tuple[Presence, str]:
-        probe = self.plan.probe
-        try:
-            await self.line.read(unit, probe.table, probe.address, probe.count, timeout_s=timeout_s, gap_s=gap_s, repeat=self.plan.repeat)
-        except DeviceTimeout:
-            return Presence.SILENT, ""
-        except DeviceException as exc:
-            if self.line.framing is Framing.TCP and exc.code in _GATEWAY_CODES:
-                return Presence.SILENT, str(exc)
-            return Presence.EXCEPTION, str(exc)
-        except FrameError as exc:
-            return Presence.GARBLED, str(exc)
-        return Presence.DATA, f"{probe.table.value} {probe.address} read"
-
-    async def presence_pass(self, units: Sequence[int]) -> dict[int, tuple[Presence, str]]:
-        """Every unit once, fast; then a slow second look at the suspects.
-
-        A reply after the presence timeout lands in a later unit's wait, where it
-        is a frame from another unit (Modbus over serial line §2.4.1) and that wait
-        ends garbled. So a garbled unit, and every silent one probed within the
-        candidates' full request timeout before it (the latest a device of theirs
-        may answer), are probed again with that timeout.
-        The candidates' inter-frame delay is kept after every reply: a box needs
-        it to turn its transceiver round (evcc #2227, #15437). After silence the
-        line has been quiet for the whole timeout already, so only t3.5 is kept.
-        """
-        loop = asyncio.get_running_loop()
-        seen: dict[int, tuple[Presence, str]] = {}
-        silent: list[tuple[float, int]] = []  # (when its probe started, unit)
-        suspects: list[int] = []
-        replied = False
-        for unit in units:
-            started = loop.time()
-            presence, detail = await self.probe(unit, self.plan.timeout_s, self.plan.gap_s if replied else 0.0)
-            replied = presence is not Presence.SILENT
-            seen[unit] = (presence, detail)
-            if presence is Presence.SILENT:
-                silent.append((started, unit))
-            elif presence is Presence.GARBLED:
-                late = [u for at, u in silent if at >= started - self.plan.slow_timeout_s]
-                suspects += [u for u in (*late, unit) if u not in suspects]
-        for unit in suspects:
-            seen[unit] = await self.probe(unit, self.plan.slow_timeout_s, self.plan.gap_s)
-        return seen
 
     async def identify(self, unit: int) -> tuple[Match, ...]:
         """Every candidate whose blocks the unit answers and whose identify checks hold, ranked.
@@ -349,7 +307,7 @@ class _Prober:
         yet and those it matched). Those with the longest delays go first: once
         their blocks are refused, the rest of the reads need only t3.5.
         """
-        alive = sorted(self.plan.profiles, key=lambda p: (-p.inter_frame_delay_s, p.name))
+        alive = sorted(self.profiles, key=lambda p: (-p.inter_frame_delay_s, p.name))
         matches: list[Match] = []
         while alive:
             profile = alive.pop(0)
@@ -390,7 +348,7 @@ class _Prober:
             try:
                 self._cache[key] = await self.line.read(
                     source, block.table, block.address, block.count,
-                    timeout_s=self.plan.request_timeout_s or profile.request_timeout_s,
+                    timeout_s=self.request_timeout_s or profile.request_timeout_s,
                     gap_s=gap_s,
                     repeat=profile.repeat,
                 )
@@ -403,6 +361,59 @@ class _Prober:
                 # 730, bender-cc613 notes); the endpoint reconnects for the next request.
                 self._cache[key] = exc
         return self._cache[key]
+
+
+class _Prober(Identifier):
+    """Probes and identifies units on one line, one request at a time (the line queues them anyway)."""
+
+    def __init__(self, line: ModbusLine, plan: ScanPlan) -> None:
+        super().__init__(line, plan.profiles, plan.request_timeout_s)
+        self.plan = plan
+
+    async def probe(self, unit: int, timeout_s: float, gap_s: float) -> tuple[Presence, str]:
+        probe = self.plan.probe
+        try:
+            await self.line.read(unit, probe.table, probe.address, probe.count, timeout_s=timeout_s, gap_s=gap_s, repeat=self.plan.repeat)
+        except DeviceTimeout:
+            return Presence.SILENT, ""
+        except DeviceException as exc:
+            if self.line.framing is Framing.TCP and exc.code in GATEWAY_CODES:
+                return Presence.SILENT, str(exc)
+            return Presence.EXCEPTION, str(exc)
+        except FrameError as exc:
+            return Presence.GARBLED, str(exc)
+        return Presence.DATA, f"{probe.table.value} {probe.address} read"
+
+    async def presence_pass(self, units: Sequence[int]) -> dict[int, tuple[Presence, str]]:
+        """Every unit once, fast; then a slow second look at the suspects.
+
+        A reply after the presence timeout lands in a later unit's wait, where it
+        is a frame from another unit (Modbus over serial line §2.4.1) and that wait
+        ends garbled. So a garbled unit, and every silent one probed within the
+        candidates' full request timeout before it (the latest a device of theirs
+        may answer), are probed again with that timeout.
+        The candidates' inter-frame delay is kept after every reply: a box needs
+        it to turn its transceiver round (evcc #2227, #15437). After silence the
+        line has been quiet for the whole timeout already, so only t3.5 is kept.
+        """
+        loop = asyncio.get_running_loop()
+        seen: dict[int, tuple[Presence, str]] = {}
+        silent: list[tuple[float, int]] = []  # (when its probe started, unit)
+        suspects: list[int] = []
+        replied = False
+        for unit in units:
+            started = loop.time()
+            presence, detail = await self.probe(unit, self.plan.timeout_s, self.plan.gap_s if replied else 0.0)
+            replied = presence is not Presence.SILENT
+            seen[unit] = (presence, detail)
+            if presence is Presence.SILENT:
+                silent.append((started, unit))
+            elif presence is Presence.GARBLED:
+                late = [u for at, u in silent if at >= started - self.plan.slow_timeout_s]
+                suspects += [u for u in (*late, unit) if u not in suspects]
+        for unit in suspects:
+            seen[unit] = await self.probe(unit, self.plan.slow_timeout_s, self.plan.gap_s)
+        return seen
 
     async def scan(self, host: str | None = None, port: int | None = None) -> list[Device]:
         seen = await self.presence_pass(self.plan.units)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import dataclasses
 import getpass
 import json
 import os
@@ -35,17 +34,16 @@ from pathlib import Path
 import websockets
 from ocpp.exceptions import OCPPError
 
-from gateway import control_socket
+from gateway import control_socket, device_probe
 from gateway.auth_key import AuthKeyStore
 from gateway.commissioning_report import render_report
 from gateway.config import load_config_with_warnings
-from gateway.devprofile import Framing, Profile, ReadBlock
-from gateway.errors import ConfigError, DeviceError, DeviceException, DeviceTimeout, LineUnavailable
-from gateway.modbus_line import ModbusLine, build_lines, line_key, meter_line_key
+from gateway.devprofile import Framing
+from gateway.errors import ConfigError
+from gateway.modbus_line import build_lines, line_key, meter_line_key
 from gateway.ocpp_link import OcppLink
 from gateway.ocpp_messages import boot_notification, new_message_id
-from gateway.registers import identify_matches
-from gateway.scan import Match, Target, candidates, load_candidates, rank
+from gateway.scan import Target
 from gateway.selftest_checks import (
     TITLES,
     BootOutcome,
@@ -64,7 +62,6 @@ from gateway.selftest_checks import (
     default_report_path,
     describe_error,
     file_problem,
-    ids_of,
     render_text,
     skipped,
     slaves_check,
@@ -72,91 +69,20 @@ from gateway.selftest_checks import (
     tls_check,
     uplinks_check,
 )
-from gateway.settings import BusSettings, Config, UplinkSettings
+from gateway.settings import Config, UplinkSettings
 from gateway.uplink import backend_url
 from gateway.uplink_connect import OCPP_SUBPROTOCOL, connect_websocket, host_and_port, interface_usable, open_socket
 from gateway.uplink_security import basic_auth_header, clock_problem, describe_tls_failure, effective_profile, is_tls, tls_context
 
 CONNECT_TIMEOUT_S = 10.0  # TCP and TLS to the backend; a GPRS link takes a few seconds, a dead one never answers
-ATTEMPTS = 2  # reads of a slave before it counts as silent: one lost frame (a line just opened) is no verdict
 DAEMON_TIMEOUT_S = 60.0  # the daemon's identify reads every slave, each within its timeout
-# Modbus application protocol §7, codes 0x0A / 0x0B: a TCP gateway saying that nothing answered behind it.
-_GATEWAY_CODES = frozenset({10, 11})
 _TIME_ERROR = 5  # adjtimex(2): the kernel's clock is not synchronised (STA_UNSYNC)
-
-
-async def _read_blocks(line: ModbusLine, profile: Profile, unit: int, timeout_s: float, gap_s: float) -> dict[ReadBlock, list[int]]:
-    """Every block of a profile, each from its own unit where it names one (as the poller reads them)."""
-    return {
-        block: await line.read(unit if block.unit is None else block.unit, block.table, block.address, block.count,
-                               timeout_s=timeout_s, gap_s=gap_s, repeat=profile.repeat)
-        for block in profile.blocks
-    }
-
-
-async def _looks_like(line: ModbusLine, bus: BusSettings, unit: int, known: Sequence[Profile]) -> tuple[str, ...]:
-    """The profiles whose identify checks hold on the device, best first (gateway.scan's ranking)."""
-    chosen = candidates(known, bus.kind)
-    gap = max((p.inter_frame_delay_s for p in chosen), default=0.0)  # whichever model it is, give it time to turn round
-    matches = []
-    for profile in chosen:
-        try:
-            words = await _read_blocks(line, profile, unit, bus.request_timeout_s or profile.request_timeout_s, gap)
-        except DeviceError:
-            continue
-        if identify_matches(profile, words):
-            matches.append(Match(profile, len(profile.identify), sum(len(w) for w in words.values())))
-    ranked = rank(matches)
-    certain = [m for m in ranked if m.certain]
-    return tuple(m.profile.name for m in (certain or ranked)[:3])
-
-
-async def _read_device(line: ModbusLine, profile: Profile, unit: int, timeout_s: float) -> dict[ReadBlock, list[int]] | DeviceError:
-    """The profile's blocks from the device, or the error that ended the reading; a silent device is asked twice."""
-    error: DeviceError | None = None
-    for _ in range(ATTEMPTS):
-        try:
-            return await _read_blocks(line, profile, unit, timeout_s, profile.inter_frame_delay_s)
-        except DeviceTimeout as exc:
-            error = exc  # one lost frame (a line just opened) is no verdict
-        except DeviceError as exc:
-            return exc
-    assert error is not None
-    return error
-
-
-async def _probe(line: ModbusLine, bus: BusSettings, profile: Profile, found: Device, known: Callable[[], Sequence[Profile]]) -> Device:
-    """`found` (where the device is) with what it did: answered, matched its profile, or looks like another."""
-    got = await _read_device(line, profile, found.unit, bus.request_timeout_s or profile.request_timeout_s)
-    if isinstance(got, LineUnavailable):
-        return dataclasses.replace(found, detail=str(got))
-    if isinstance(got, DeviceTimeout):
-        return dataclasses.replace(found, detail=f"no answer in {ATTEMPTS} tries ({got})")
-    if isinstance(got, DeviceException) and line.framing is Framing.TCP and got.code in _GATEWAY_CODES:
-        return dataclasses.replace(found, detail=f"the TCP gateway says nothing answers behind it ({got})")
-    if isinstance(got, DeviceException):
-        refused = f"answered, but refused {profile.name}'s registers ({got})"
-    elif isinstance(got, DeviceError):  # garbled replies: something is there
-        refused = f"answered, but garbled ({got})"
-    elif identify_matches(profile, got):
-        how = f"{len(profile.identify)} identify check(s) hold" if profile.identify else "its reading decodes (the profile has no identify checks)"
-        return dataclasses.replace(found, answered=True, matches=True, detail=f"answers as {profile.name}: {how}", ids=ids_of(profile, got))
-    else:
-        refused = f"answered, but {profile.name}'s identify checks do not hold"
-    looks = await _looks_like(line, bus, found.unit, known())
-    detail = refused + (f"; it looks like {', '.join(looks)}" if looks else "; no known profile matches it")
-    return dataclasses.replace(found, answered=True, matches=False, detail=detail, looks_like=looks)
 
 
 async def probe_devices(config: Config) -> list[Device]:
     """Read every connector's slave and meter over the config's own lines, the daemon's way (one owner task a line)."""
     lines = build_lines(config)
-    known: list[Profile] = []
-
-    def all_profiles() -> list[Profile]:
-        if not known:  # loaded only when a device does not match its own
-            known.extend(load_candidates([], config.profiles).values())
-        return known
+    known = device_probe.known_profiles(config.profiles)
 
     targets = []
     for c in config.connectors:
@@ -171,8 +97,8 @@ async def probe_devices(config: Config) -> list[Device]:
                 bus = config.bus(bus_name)
                 tcp = bus.kind is Framing.TCP
                 where = f"{Target(unit, host if tcp else None, port if tcp else None)} on {bus_name}"
-                found = Device(cid, role, bus_name, unit, where, profile.name, answered=False, matches=None, detail="")
-                devices.append(await _probe(lines[key], bus, profile, found, all_profiles))
+                v = await device_probe.probe(lines[key], bus, profile, unit, known)
+                devices.append(Device(cid, role, bus_name, unit, where, profile.name, v.answered, v.matches, v.detail, v.looks_like, v.ids))
         finally:
             for owner in owners:
                 owner.cancel()

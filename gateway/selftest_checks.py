@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import re
 import ssl
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -30,9 +29,7 @@ from typing import Any
 
 import gateway
 from gateway.clock import iso, parse_iso
-from gateway.devprofile import Profile, ReadBlock
 from gateway.errors import ConfigError, ConfigIssue
-from gateway.registers import decode_values
 from gateway.settings import Config
 from gateway.uplink_connect import host_and_port
 from gateway.uplink_security import clock_problem, describe_tls_failure, is_tls
@@ -40,7 +37,6 @@ from gateway.uplink_security import clock_problem, describe_tls_failure, is_tls
 EX_CONFIG = ConfigError.exit_code
 EXPIRY_WARN_DAYS = 30  # a backend certificate closer than this to its end is a warning
 # Profile values that name the device rather than measure it: shown on the report as its ids.
-_ID_NAMES = re.compile(r"serial|firmware|version|manufacturer|product|model|vendor")
 
 TITLES = {
     "config": "Config valid",
@@ -312,8 +308,12 @@ def daemon_devices(answer: object) -> list[Device]:
             if not isinstance(answered, bool) or not (matches is None or isinstance(matches, bool)):
                 raise TypeError("answered and matches must be true/false")
             where = f"unit {unit} on {item.get('line') or bus}"
+            looks, ids = item.get("looks_like", []), item.get("ids", {})
+            if not isinstance(looks, list) or not isinstance(ids, dict):
+                raise TypeError("looks_like must be a list and ids an object")
             devices.append(Device(int(item["connector"]), str(item.get("role", "charger")), bus, unit, where,
-                                  str(item["profile"]), answered, matches, str(item.get("detail", ""))))
+                                  str(item["profile"]), answered, matches, str(item.get("detail", "")),
+                                  tuple(map(str, looks)), {str(k): str(v) for k, v in ids.items()}))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"identify entry {item!r}: {exc}") from None
     return devices
@@ -329,19 +329,6 @@ def daemon_boot_check(status: object) -> Check:
     if uplink["connected"]:
         return Check("boot", Status.OK, f"the daemon's link is up over {uplink.get('name')}{profile}: BootNotification accepted", data=data)
     return Check("boot", Status.FAIL, f"the daemon's link is down: {uplink.get('problem') or 'no reason given'}", data=data)
-
-
-def ids_of(profile: Profile, words: Mapping[ReadBlock, Sequence[int]]) -> dict[str, str]:
-    """The values that name the device (serial number, firmware or layout version), as text."""
-    out = {}
-    for name, value in decode_values(profile, words).items():
-        if value is None or not _ID_NAMES.search(name):
-            continue
-        if isinstance(value, float) and value.is_integer():
-            out[name] = f"{int(value)} (0x{int(value):04X})"  # versions are often hex-coded (0x0108 = 1.0.8)
-        else:
-            out[name] = str(value)
-    return out
 
 
 # --- formatting, for the screen and the report ----------------------------------------------

@@ -326,7 +326,9 @@ def test_trigger_resends_status_notifications(cluster: Cluster) -> None:
 def test_identify_reads_every_slave_and_matches_its_profile(cluster: Cluster) -> None:
     result = asyncio.run(call(cluster.socket, {"op": "identify"}, 10.0))
     assert [(r["connector"], r["answered"], r["matches"]) for r in result] == [(c, True, True) for c in (1, 2, 3, 4)]
-    assert all(r["profile"] == "heidelberg-energy-control" and r["detail"].startswith("identified") for r in result)
+    assert all(r["profile"] == "heidelberg-energy-control" and r["detail"].startswith("answers as heidelberg-energy-control") for r in result)
+    # The same verdict as the standalone selftest's (gateway.device_probe): the ids read, nothing it looks like instead.
+    assert all(r["ids"] and r["looks_like"] == [] for r in result), result
 
 
 def test_sessions_and_queue_of_the_live_database(cluster: Cluster) -> None:
