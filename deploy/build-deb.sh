@@ -11,7 +11,7 @@
 # which journald records all the same). Everything else is installed into the
 # venv (--ignore-installed), so Debian's own Python packages never stand in.
 #
-# Needs: python3-venv, dpkg-dev (dpkg-deb), PyPI through pip (its cache is reused).
+# Needs: python3-venv, dpkg (dpkg-deb), PyPI through pip (its cache is reused).
 # Environment: DEB_PYTHON (default /usr/bin/python3), DEB_MAINTAINER, DEB_BUILD_DIR
 # (default build/deb), DEB_OUT_DIR (default dist). Prints the path of the .deb.
 set -euo pipefail
@@ -52,7 +52,9 @@ find "$STAGE$VENV" -name direct_url.json -delete  # it names the build directory
 rm -f "$STAGE$VENV"/bin/[Aa]ctivate*              # the venv is run, never activated
 
 # Move the venv from the staging tree to /opt: scripts, shebangs and pyvenv.cfg name their prefix.
-grep -rlF --null "$STAGE" "$STAGE$VENV" | xargs -0 --no-run-if-empty sed -i "s|$STAGE$VENV|$VENV|g"
+# Text files only (-I): sed would corrupt a binary by shortening a string in it; one that names the
+# staging path is left to fail the check below.
+grep -rlIF --null "$STAGE" "$STAGE$VENV" | xargs -0 --no-run-if-empty sed -i "s|$STAGE$VENV|$VENV|g"
 if grep -rqF "$BUILD" "$STAGE"; then
     echo "the build directory is still named in:" >&2
     grep -rlF "$BUILD" "$STAGE" >&2
