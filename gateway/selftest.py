@@ -60,7 +60,6 @@ from gateway.selftest_checks import (
     daemon_boot_check,
     daemon_devices,
     default_report_path,
-    describe_error,
     file_problem,
     render_text,
     skipped,
@@ -72,7 +71,7 @@ from gateway.selftest_checks import (
 from gateway.settings import Config, UplinkSettings
 from gateway.uplink import backend_url
 from gateway.uplink_connect import OCPP_SUBPROTOCOL, connect_websocket, host_and_port, interface_usable, open_socket
-from gateway.uplink_security import basic_auth_header, clock_problem, describe_tls_failure, effective_profile, is_tls, tls_context
+from gateway.uplink_security import basic_auth_header, clock_problem, describe_failure, describe_tls_failure, effective_profile, is_tls, tls_context
 
 CONNECT_TIMEOUT_S = 10.0  # TCP and TLS to the backend; a GPRS link takes a few seconds, a dead one never answers
 DAEMON_TIMEOUT_S = 60.0  # the daemon's identify reads every slave, each within its timeout
@@ -121,7 +120,7 @@ async def connect_uplinks(
         try:
             sock = await open_socket(host, port, uplink, timeout_s)
         except (OSError, TimeoutError) as exc:
-            out.append((Reach(uplink.name, describe_error(exc)), None))
+            out.append((Reach(uplink.name, describe_failure(exc)), None))
             continue
         reach = Reach(uplink.name, None, (loop.time() - started) * 1e3)
         if tls is None:
@@ -141,7 +140,7 @@ async def _handshake(sock: socket.socket, host: str, uplink: str, tls: ssl.SSLCo
     except ssl.SSLError as exc:
         return Handshake(uplink, describe_tls_failure(exc))
     except (OSError, TimeoutError) as exc:
-        return Handshake(uplink, f"TLS handshake: {describe_error(exc)}")
+        return Handshake(uplink, f"TLS handshake: {describe_failure(exc)}")
     cert, tls_object = transport.get_extra_info("peercert") or {}, transport.get_extra_info("ssl_object")
     transport.close()
     return Handshake(
@@ -188,7 +187,7 @@ async def boot_once(
                404: f"the backend knows no charge point at {backend_url(backend, identity)} (HTTP 404)"}
         return BootOutcome(uplink.name, problem=why.get(code, f"the backend answered HTTP {code}"), credentials=credentials)
     except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
-        return BootOutcome(uplink.name, problem=describe_error(exc), credentials=credentials)
+        return BootOutcome(uplink.name, problem=describe_failure(exc), credentials=credentials)
     async with ws:
         if ws.subprotocol != OCPP_SUBPROTOCOL:
             return BootOutcome(uplink.name, problem=f"the backend did not agree to subprotocol {OCPP_SUBPROTOCOL}", credentials=credentials)
@@ -206,7 +205,7 @@ async def boot_once(
         try:
             result = call.result()
         except (OCPPError, TimeoutError, websockets.exceptions.ConnectionClosed) as exc:
-            return BootOutcome(uplink.name, problem=f"BootNotification: {describe_error(exc)}", credentials=credentials)
+            return BootOutcome(uplink.name, problem=f"BootNotification: {describe_failure(exc)}", credentials=credentials)
         return BootOutcome(uplink.name, result["status"], result.get("interval"), result.get("currentTime"), wall(), credentials=credentials)
 
 
@@ -220,7 +219,7 @@ async def find_daemon(path: Path) -> tuple[bool, str | None]:
     except PermissionError:
         return True, f"{path}: permission denied (run selftest as root or as a member of the daemon's group)"
     except (OSError, TimeoutError) as exc:
-        return True, f"{path}: {describe_error(exc)}"
+        return True, f"{path}: {describe_failure(exc)}"
     writer.close()
     return True, None
 

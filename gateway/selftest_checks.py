@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import ssl
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,7 @@ from gateway.clock import iso, parse_iso
 from gateway.errors import ConfigError, ConfigIssue
 from gateway.settings import Config
 from gateway.uplink_connect import host_and_port
-from gateway.uplink_security import clock_problem, describe_tls_failure, is_tls
+from gateway.uplink_security import clock_problem, is_tls
 
 EX_CONFIG = ConfigError.exit_code
 EXPIRY_WARN_DAYS = 30  # a backend certificate closer than this to its end is a warning
@@ -346,16 +345,6 @@ def file_problem(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
     hint = " (run selftest as root or as the gateway's user)" if isinstance(exc, PermissionError) else ""
     return f"{where}{exc.strerror or exc}{hint}"
-
-
-def describe_error(exc: BaseException) -> str:
-    """A failed connection, handshake or call in one line; a TLS failure anywhere in its chain is named as such."""
-    cause: BaseException | None = exc
-    while cause is not None:  # TLS 1.3: the backend's refusal of our certificate arrives as the cause of a later error
-        if isinstance(cause, ssl.SSLError):
-            return describe_tls_failure(cause)
-        cause = cause.__cause__ or cause.__context__
-    return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: no answer in time"
 
 
 def default_report_path(config: Config, wall: float) -> Path:

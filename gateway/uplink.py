@@ -45,7 +45,7 @@ from gateway.uplink_security import (
     LAB_WARNING,
     basic_auth_header,
     clock_problem,
-    describe_tls_failure,
+    describe_failure,
     effective_profile,
     is_tls,
     tls_context,
@@ -228,7 +228,7 @@ class Uplink:
             except (_NotReady, BackendRefused) as exc:
                 problem = str(exc)  # this box or the backend, not the path: no failover
             except (TimeoutError, OSError, websockets.exceptions.WebSocketException, UplinkError) as exc:
-                problem = _describe(exc)
+                problem = describe_failure(exc)
                 if self.failover.failed(self.clock.monotonic(), [interface_usable(u) for u in self.uplinks]):
                     log.warning("uplink %s failed (%s); switching to %s", uplink.name, problem, self.failover.active_name)
                     self.problem = f"{uplink.name}: {problem}"
@@ -387,7 +387,7 @@ class Uplink:
         # lost, so the message is resent after the reconnect, identical (same id): a duplicate the backend can spot.
         except* (websockets.exceptions.ConnectionClosed, UplinkError, TimeoutError, OCPPError, StoreError) as group:
             first = group.exceptions[0]
-            raise UplinkError(_describe(first)) from None
+            raise UplinkError(describe_failure(first)) from None
         finally:
             self._link = None
 
@@ -573,16 +573,3 @@ class Uplink:
 
 class _NotReady(UplinkError):
     """This box is not ready to connect (the clock is unset, a secret file is missing): not the uplink's fault."""
-
-
-def _describe(exc: BaseException) -> str:
-    # With TLS 1.3 the backend checks our certificate after our side of the handshake is done: its
-    # refusal arrives while the websocket handshake waits for its answer, as that error's cause.
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError):
-            return describe_tls_failure(cause)
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(exc, UplinkError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: no answer in time"

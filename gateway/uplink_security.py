@@ -15,6 +15,7 @@ import ssl
 from datetime import UTC, datetime
 
 from gateway.clock import EARLIEST_VALID
+from gateway.errors import UplinkError
 from gateway.settings import BackendSettings
 
 LAB_WARNING = "insecure_lab_mode: plain ws://, nothing on the link is encrypted, nor is the backend checked; never use it in the field"
@@ -96,3 +97,19 @@ def describe_tls_failure(exc: ssl.SSLError) -> str:
     if reason in _OLD_TLS:
         return f"the backend offers no TLS 1.2 or later; refused ({reason})"
     return f"TLS handshake failed: {reason or exc}"
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failed connection, handshake or call in one line; a TLS failure anywhere in its chain is named as such.
+
+    With TLS 1.3 the backend checks our certificate after our side of the handshake is done: its
+    refusal arrives while the websocket handshake waits for its answer, as that error's cause.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return describe_tls_failure(cause)
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, UplinkError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else f"{type(exc).__name__}: no answer in time"
