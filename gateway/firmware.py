@@ -9,8 +9,13 @@ The steps, and the FirmwareStatusNotification (§4.5) entering each one sends:
     (none)           Downloading   |  ^        Downloaded   |          Installing  |     Installed
                                    |  retry                 no installer           failed
                                    v                        v                      v
-                             DOWNLOAD_FAILED          INSTALLATION_FAILED <--------'
-                             DownloadFailed           InstallationFailed
+                             DOWNLOAD_FAILED          INSTALLATION_FAILED <-- ROLLING_BACK
+                             DownloadFailed           InstallationFailed      (none: still Installing)
+
+ROLLING_BACK is kept while the previous image goes back in, so that a restart in the middle of it
+(an install command that restarts the daemon, a power cut) ends the update with InstallationFailed
+instead of rolling back again: the same version runs after such a restart, which INSTALLING would
+read as one more failed install, and roll back, at every start.
 
 A download attempt that fails (the server, the network, or the checksum) is retried after
 retryInterval while attempts remain (`retry`, no new notification: backends do not want a
@@ -41,7 +46,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from ocpp.v16.enums import FirmwareStatus
 
@@ -60,6 +65,7 @@ class Step(enum.Enum):
     DOWNLOADING = "downloading"
     DOWNLOADED = "downloaded"  # verified, in the state directory
     INSTALLING = "installing"
+    ROLLING_BACK = "rolling_back"  # the install failed; the previous image goes back in
     INSTALLED = "installed"
     DOWNLOAD_FAILED = "download_failed"
     INSTALLATION_FAILED = "installation_failed"
@@ -68,8 +74,14 @@ class Step(enum.Enum):
     def finished(self) -> bool:
         return self in _FINISHED
 
+    @property
+    def runs_installer(self) -> bool:
+        """The install command runs (the new image, or the previous one going back): nothing may stop it."""
+        return self in _INSTALLING
+
 
 _FINISHED = frozenset({Step.INSTALLED, Step.DOWNLOAD_FAILED, Step.INSTALLATION_FAILED})
+_INSTALLING = frozenset({Step.INSTALLING, Step.ROLLING_BACK})
 
 
 class Event(enum.Enum):
@@ -82,13 +94,15 @@ class Event(enum.Enum):
     NO_INSTALLER = "no-installer"  # no install command is configured
     INSTALL_OK = "install-ok"
     INSTALL_FAILED = "install-failed"
+    ROLLED_BACK = "rolled-back"  # the rollback is over: done, failed, or cut short by a restart
 
 
 TRANSITIONS: dict[Step, dict[Event, Step]] = {
     Step.WAITING: {Event.DUE: Step.DOWNLOADING},
     Step.DOWNLOADING: {Event.VERIFIED: Step.DOWNLOADED, Event.RETRY: Step.DOWNLOADING, Event.GIVE_UP: Step.DOWNLOAD_FAILED},
     Step.DOWNLOADED: {Event.INSTALL: Step.INSTALLING, Event.NO_INSTALLER: Step.INSTALLATION_FAILED, Event.IMAGE_LOST: Step.DOWNLOADING},
-    Step.INSTALLING: {Event.INSTALL_OK: Step.INSTALLED, Event.INSTALL_FAILED: Step.INSTALLATION_FAILED},
+    Step.INSTALLING: {Event.INSTALL_OK: Step.INSTALLED, Event.INSTALL_FAILED: Step.ROLLING_BACK},
+    Step.ROLLING_BACK: {Event.ROLLED_BACK: Step.INSTALLATION_FAILED},
     Step.INSTALLED: {},
     Step.DOWNLOAD_FAILED: {},
     Step.INSTALLATION_FAILED: {},
@@ -102,6 +116,7 @@ STATUS: dict[Step, FirmwareStatus] = {
     Step.DOWNLOADING: FirmwareStatus.downloading,
     Step.DOWNLOADED: FirmwareStatus.downloaded,
     Step.INSTALLING: FirmwareStatus.installing,
+    Step.ROLLING_BACK: FirmwareStatus.installing,  # InstallationFailed once the box is settled again
     Step.INSTALLED: FirmwareStatus.installed,
     Step.DOWNLOAD_FAILED: FirmwareStatus.download_failed,
     Step.INSTALLATION_FAILED: FirmwareStatus.installation_failed,
@@ -146,12 +161,18 @@ class Location:
     @classmethod
     def parse(cls, location: str) -> Location:
         """ValueError with the reason for a location that cannot be fetched or a fragment that is no checksum."""
-        parts = urlsplit(location.strip())
-        if parts.scheme.lower() not in SCHEMES:
-            raise ValueError(f"location scheme {parts.scheme or '(none)'!r} is not one of {', '.join(sorted(SCHEMES))}")
-        if not parts.hostname:
-            raise ValueError("location has no host")
+        parts = check_location(location)
         return cls(parts._replace(fragment="").geturl(), parse_checksum(parts.fragment), image_name(parts.path))
+
+
+def check_location(location: str) -> SplitResult:
+    """The location (UpdateFirmware's, or GetDiagnostics') split; ValueError with the reason when no transfer can use it."""
+    parts = urlsplit(location.strip())
+    if parts.scheme.lower() not in SCHEMES:
+        raise ValueError(f"location scheme {parts.scheme or '(none)'!r} is not one of {', '.join(sorted(SCHEMES))}")
+    if not parts.hostname:
+        raise ValueError("location has no host")
+    return parts
 
 
 def parse_checksum(fragment: str) -> Checksum | None:

@@ -20,7 +20,9 @@ Rollback. The install command is given the image's path; it must install it whol
 killed). When it fails, the runner runs the same command again with the kept image from
 installed/, which puts the previous version back (installing an older package is what a
 package manager does anyway: `dpkg -i` downgrades), and only then reports
-InstallationFailed, so the backend hears of a box that is settled again. The kept image is
+InstallationFailed, so the backend hears of a box that is settled again. The rollback is kept
+as a step of its own (ROLLING_BACK): a restart in its middle ends the update, it does not start
+the rollback again (which, restarting the daemon again, would loop). The kept image is
 replaced only once a new one installed successfully. Without a kept image (the first update
 after the factory install: the package itself is not at hand) there is nothing to go back to:
 that is logged and raised as an alarm, as is a rollback that fails, for a technician.
@@ -33,7 +35,7 @@ sessions as after any restart. So the install does not wait for sessions to end 
 recommends that only where charging cannot go on during an install). The install command
 should not restart the service itself; if it does (a package's postinst), the restarted
 daemon finds the install cut short and reports Installed when its version changed,
-InstallationFailed (and rolls back) when it did not.
+InstallationFailed (and rolls back, once) when it did not.
 
 A new UpdateFirmware replaces the one under way (its download stops) unless that one is
 installing or waiting for its restart: then the new one waits, kept, and starts after.
@@ -129,7 +131,7 @@ class FirmwareUpdater:
         update = Update.from_request(payload, self.settings.retry_interval_s)
         where = redact(update.source.url)
         await self._loaded.wait()
-        if self._update is not None and (self._update.step is Step.INSTALLING or self._restart_pending):
+        if self._update is not None and (self._update.step.runs_installer or self._restart_pending):
             self._next = update
             await self._keep()
             log.warning("firmware update from %s will start once the install under way is over", where)
@@ -182,8 +184,10 @@ class FirmwareUpdater:
                 await self._download(self._update)
             elif step is Step.DOWNLOADED:
                 await self._install(self._update)
-            else:
+            elif step is Step.INSTALLING:  # only after a restart: the install was cut short
                 await self._judge_interrupted_install(self._update)
+            else:  # ROLLING_BACK, only after a restart: the rollback was cut short
+                await self._rollback_cut_short(self._update)
         return await self._finish()
 
     async def _until_due(self, update: Update) -> None:
@@ -237,7 +241,6 @@ class FirmwareUpdater:
             await self._advance(Event.INSTALL_OK)
         else:
             await self._roll_back()
-            await self._advance(Event.INSTALL_FAILED)
 
     async def _judge_interrupted_install(self, update: Update) -> None:
         event = update.interrupted_install(self.version)
@@ -246,10 +249,19 @@ class FirmwareUpdater:
             log.warning("the daemon restarted during the install; version %s (was %s): installed", self.version, update.version_before)
             if image.is_file():
                 await asyncio.to_thread(self._keep_as_installed, image)
+            await self._advance(event)
         else:
             log.error("the daemon restarted during the install and still runs version %s: the install failed", self.version)
             await self._roll_back()
-        await self._advance(event)
+
+    async def _rollback_cut_short(self, update: Update) -> None:
+        if self.version == update.version_before:
+            log.error("the daemon restarted while going back to version %s, which runs: not rolling back again", self.version)
+        else:
+            await self._alarm(
+                f"firmware rollback to version {update.version_before} was cut short by a restart, and version {self.version} runs"
+            )
+        await self._advance(Event.ROLLED_BACK)
 
     async def _finish(self) -> bool:
         """Report the final status until the backend answered it (not past REPORT_WAIT_S when a restart waits)."""
@@ -299,15 +311,18 @@ class FirmwareUpdater:
         return True
 
     async def _roll_back(self) -> None:
+        """The install failed: ROLLING_BACK (kept), the previous image back in, then InstallationFailed."""
+        await self._advance(Event.INSTALL_FAILED)
         previous = await asyncio.to_thread(_newest, self.installed)
         if previous is None:
             await self._alarm("firmware install failed, and there is no previous image to go back to")
-            return
-        log.warning("firmware install failed: going back to %s", previous.name)
-        if await self._run_install(previous):
-            log.warning("firmware rolled back to %s", previous.name)
         else:
-            await self._alarm(f"firmware install failed, and so did going back to {previous.name}: a technician is needed")
+            log.warning("firmware install failed: going back to %s", previous.name)
+            if await self._run_install(previous):
+                log.warning("firmware rolled back to %s", previous.name)
+            else:
+                await self._alarm(f"firmware install failed, and so did going back to {previous.name}: a technician is needed")
+        await self._advance(Event.ROLLED_BACK)
 
     def _keep_as_installed(self, image: Path) -> None:
         """The image just installed becomes the way back; the one before goes (after, so one is always there)."""

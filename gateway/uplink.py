@@ -71,9 +71,11 @@ def backend_url(backend: BackendSettings, identity: str) -> str:
 
 @dataclass(frozen=True)
 class _Notice:
-    action: str
-    payload: dict
-    delivered: asyncio.Future[None]
+    """What the charge point sends of its own accord (see Uplink.notify): one CALL, or the few a trigger asks for."""
+
+    what: str  # for the log
+    send: Callable[[OcppLink], Awaitable[object]]
+    delivered: asyncio.Future[None]  # done once the backend answered (a CALLERROR included)
 
 
 class _Reconnect(Exception):  # noqa: N818 - not an error: the link is closed on purpose and made again at once
@@ -142,7 +144,6 @@ class Uplink:
         self._boot_fields = boot_fields
         self._link: OcppLink | None = None  # while connected and booted
         self.station_status = "Available"  # connector 0: Unavailable when the backend made every connector Inoperative
-        self._triggers: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue()
         self._notices: collections.deque[_Notice] = collections.deque()  # see notify()
         self._notice_added = asyncio.Event()
         self._answering = False  # a backend command is being answered: notices wait until its answer is out
@@ -194,16 +195,20 @@ class Uplink:
         return info
 
     def trigger(self, message: str, connector_id: int | None) -> None:
-        """TriggerMessage (OCPP 1.6 §5.17): send `message` once the answer has gone and the link is up."""
-        self._triggers.put_nowait((message, connector_id))
+        """TriggerMessage (OCPP 1.6 §5.17): send `message` as a notice (see notify), after the Accepted."""
+        self._queue_notice(f"triggered {message}", lambda link: self._send_triggered(link, message, connector_id))
 
     def notify(self, action: str, payload: dict) -> asyncio.Future[None]:
         """A CALL that is no transaction message (FirmwareStatusNotification, DiagnosticsStatusNotification):
         sent in the order given while the link is up, never before the answer to a command being handled
         (§5.17: the requested message follows the TriggerMessage answer; Downloading follows the
-        UpdateFirmware answer). Kept in memory while offline. The future is done once the backend
+        UpdateFirmware answer). Kept in memory while offline: not the outbox, whose transaction messages
+        it would wait behind, and whose retry policy is theirs. The future is done once the backend
         answered it, a CALLERROR included (sending it again would not help)."""
-        notice = _Notice(action, payload, asyncio.get_running_loop().create_future())
+        return self._queue_notice(f"{action} {payload}", lambda link: self._call(link, action, payload))
+
+    def _queue_notice(self, what: str, send: Callable[[OcppLink], Awaitable[object]]) -> asyncio.Future[None]:
+        notice = _Notice(what, send, asyncio.get_running_loop().create_future())
         self._notices.append(notice)
         self._notice_added.set()
         return notice.delivered
@@ -378,7 +383,6 @@ class Uplink:
                 tg.create_task(self._heartbeats(link))
                 tg.create_task(self._send_statuses(link))
                 tg.create_task(self._drain(link))
-                tg.create_task(self._send_triggered(link))
                 tg.create_task(self._send_notices(link))
                 tg.create_task(self._watch_preferred(tls))
         except* _Reconnect as group:
@@ -486,24 +490,22 @@ class Uplink:
         while True:
             await self._send_status(link, await self._status_queue.get())
 
-    async def _send_triggered(self, link: OcppLink) -> None:
-        """The messages TriggerMessage asked for, each after its Accepted went out."""
-        while True:
-            message, cid = await self._triggers.get()
-            if message == "BootNotification":
-                result = await self._call(link, "BootNotification", self._boot_payload())
-                self.clock.adopt_backend_time(result["currentTime"])
-            elif message == "Heartbeat":
-                await self._heartbeat(link)
-            elif message == "StatusNotification":
-                for s in self._all_statuses():
-                    if cid in (None, s.connector_id):
-                        await self._send_status(link, s)
-            elif message == "MeterValues":
-                for connector_id, reading in sorted(self._readings().items()):
-                    if cid in (None, 0, connector_id):
-                        entry = ocpp_messages.meter_value(reading, self.ocpp.meter_values_sampled_data, self.clock.wall(), self.clock, "Trigger")
-                        await self._call(link, "MeterValues", ocpp_messages.meter_values(connector_id, [entry]))
+    async def _send_triggered(self, link: OcppLink, message: str, cid: int | None) -> None:
+        """What TriggerMessage asked for, made when it goes out (the firmware and diagnostics statuses come through notify)."""
+        if message == "BootNotification":
+            result = await self._call(link, "BootNotification", self._boot_payload())
+            self.clock.adopt_backend_time(result["currentTime"])
+        elif message == "Heartbeat":
+            await self._heartbeat(link)
+        elif message == "StatusNotification":
+            for s in self._all_statuses():
+                if cid in (None, s.connector_id):
+                    await self._send_status(link, s)
+        elif message == "MeterValues":
+            for connector_id, reading in sorted(self._readings().items()):
+                if cid in (None, 0, connector_id):
+                    entry = ocpp_messages.meter_value(reading, self.ocpp.meter_values_sampled_data, self.clock.wall(), self.clock, "Trigger")
+                    await self._call(link, "MeterValues", ocpp_messages.meter_values(connector_id, [entry]))
 
     async def _send_notices(self, link: OcppLink) -> None:
         """The notices (see notify) in order; one that the link lost on the way is sent again on the next."""
@@ -514,9 +516,9 @@ class Uplink:
                 continue
             notice = self._notices[0]
             try:
-                await self._call(link, notice.action, notice.payload)
+                await notice.send(link)
             except OCPPError as exc:
-                log.error("backend refused %s %s: %s", notice.action, notice.payload, exc)
+                log.error("backend refused %s: %s", notice.what, exc)
             self._notices.popleft()
             if not notice.delivered.done():
                 notice.delivered.set_result(None)

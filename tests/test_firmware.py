@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import sqlite3
 import sys
 import tarfile
@@ -44,11 +45,14 @@ from gateway.firmware import (
     parse_checksum,
 )
 from gateway.firmware_update import STATE_KEY, FirmwareUpdater
-from gateway.settings import FirmwareSettings
+from gateway.settings import BackendSettings, FirmwareSettings, OcppSettings
 from gateway.store import Store
+from gateway.uplink import Uplink
 from tests.clocks import HandClock
 from tests.file_servers import FTP_PASSWORD, Backend, HttpFiles, ftp_files, http_files, kept_once_reported, until
 from tests.loopback import free_port
+from tests.ocpp_rpc_peer import OcppRpcBackend
+from tests.uplinks import CLOCK, INFO, running, statuses
 
 IMAGE = b"charger-gateway 1.1 image\n"
 OLD_IMAGE = b"charger-gateway 1.0 image\n"
@@ -171,6 +175,13 @@ def test_passwords_never_reach_a_log() -> None:
     assert redact("https://fw.example/fw.bin") == "https://fw.example/fw.bin"
 
 
+def test_a_password_is_redacted_wherever_it_stands() -> None:
+    assert redact("ftp://gw:p@ss:w0rd@127.0.0.1/fw.bin") == "ftp://gw:***@127.0.0.1/fw.bin", "an unencoded @ in the password"
+    assert redact("ftp://:pw@h/x") == "ftp://:***@h/x" and redact("https://h:8443/a@b") == "https://h:8443/a@b"
+    text = "GET https://fw:s3cret@h/a failed, then ftp://gw:s3cret@h:21/b failed"
+    assert redact(text, "<redacted>") == "GET https://fw:<redacted>@h/a failed, then ftp://gw:<redacted>@h:21/b failed"
+
+
 # --- component: the runner against real servers -----------------------------------------------
 
 
@@ -261,6 +272,20 @@ async def test_download_over_ftp_follows_redirects_over_http(rig: Rig, web: Http
     assert await download(web.url("/latest"), got, 5) == len(IMAGE) and got.read_bytes() == IMAGE
 
 
+async def test_the_password_goes_to_the_urls_own_server_only(web: HttpFiles, tmp_path: Path) -> None:
+    """A redirect within the server keeps the URL's user and password; one to another server (here: the same
+    host, another port) does not carry them."""
+    with http_files() as storage:
+        storage.files["/gw.bin"] = IMAGE
+        web.redirects["/latest"] = storage.url("/gw.bin")
+        web.redirects["/again"] = "/latest"
+        got = tmp_path / "fetched"
+        assert await download(web.url("/again", credentials="fw:s3cret"), got, 5) == len(IMAGE) and got.read_bytes() == IMAGE
+    basic = "Basic " + base64.b64encode(b"fw:s3cret").decode()
+    assert web.requests == [("GET", "/again", basic), ("GET", "/latest", basic)], "a redirect on the same server keeps it"
+    assert storage.requests == [("GET", "/gw.bin", None)]
+
+
 async def test_a_missing_file_is_tried_retries_plus_one_times_then_download_failed(rig: Rig, web: HttpFiles) -> None:
     updater = rig.updater()
     task = asyncio.create_task(updater.run())
@@ -311,6 +336,35 @@ async def test_a_failed_install_rolls_back_to_the_previous_image(rig: Rig, web: 
     assert rig.installs() == [IMAGE, BROKEN, IMAGE], "the kept image went back in before InstallationFailed"
     assert (rig.tmp / "state" / "firmware" / "installed" / "1.1.deb").read_bytes() == IMAGE
     assert not task.done()
+    await stop(task)
+
+
+async def test_a_restart_during_the_rollback_ends_the_update_without_a_second_rollback(rig: Rig, web: HttpFiles, tmp_path: Path) -> None:
+    """An install command that restarts the daemon (a package's postinst) restarts it during the rollback too:
+    the restarted daemon runs the version it went back to, reports InstallationFailed and leaves it there."""
+    web.files["/1.1.deb"], web.files["/broken.deb"] = IMAGE, BROKEN
+    first = rig.updater("1.0")
+    task = asyncio.create_task(first.run())
+    await first.request({"location": web.url("/1.1.deb"), "retrieveDate": now_iso()})
+    await asyncio.wait_for(task, 5)
+    rig.backend.sent.clear()
+    slow_rollback = tmp_path / "slow_rollback.py"  # records, then takes its time on the kept image: the restart comes then
+    slow_rollback.write_text(INSTALL_SCRIPT.replace("sys.exit(", f"import time\ntime.sleep(30 if image == {IMAGE!r} else 0)\nsys.exit("))
+    rig.settings = replace(rig.settings, install_command=(sys.executable, str(slow_rollback), "{file}", str(rig.record)))
+    updater = rig.updater("1.1")
+    task = asyncio.create_task(updater.run())
+    await updater.request({"location": web.url("/broken.deb"), "retrieveDate": now_iso()})
+    await until(lambda: len(rig.installs()) == 3, what="the rollback started")
+    await stop(task)  # the restart, in the middle of the rollback
+    assert (await rig.store.load_state(STATE_KEY))["update"]["step"] == "rolling_back"  # type: ignore[index]
+    rig.backend.sent.clear()
+    restarted = rig.updater("1.1")
+    task = asyncio.create_task(restarted.run())
+    await until(lambda: "InstallationFailed" in rig.backend.statuses())
+    await kept_once_reported(rig.store, STATE_KEY, lambda s: s["update"]["reported"])
+    assert rig.backend.statuses() == ["InstallationFailed"]
+    assert rig.installs() == [IMAGE, BROKEN, IMAGE], "the rollback is not run again at the restart"
+    assert restarted.status().value == "Idle" and not task.done()
     await stop(task)
 
 
@@ -449,3 +503,31 @@ async def test_the_strict_backend_accepts_every_notification(tmp_path: Path, web
         with pytest.raises(OcppCallError) as refused:
             await c.call("UpdateFirmware", {"location": "sftp://127.0.0.1/fw.bin", "retrieveDate": now_iso()})
         assert refused.value.code == "PropertyConstraintViolation"
+
+
+@pytest.mark.interop
+async def test_notices_and_triggered_messages_follow_the_answer_to_the_command(tmp_path: Path) -> None:
+    """§5.17: the requested message goes after the TriggerMessage answer; likewise Downloading after UpdateFirmware's.
+    The handler queues both, then takes its time to answer: neither may overtake the answer."""
+    store = await Store.open(tmp_path / "gw.db")
+    async with OcppRpcBackend() as backend:
+        uplink: Uplink
+
+        async def update_firmware(payload: dict[str, Any]) -> dict[str, Any]:
+            uplink.notify("FirmwareStatusNotification", {"status": "Downloading"})
+            uplink.trigger("Heartbeat", None)
+            await asyncio.sleep(0.3)  # a store write, say: the answer is not out yet
+            return {}
+
+        settings = BackendSettings(url=backend.url, insecure_lab_mode=True)
+        uplink = Uplink(INFO, settings, OcppSettings(), store, CLOCK, statuses, {"UpdateFirmware": update_firmware})
+        async with running(uplink):
+            await backend.wait_for_calls("StatusNotification", 3, timeout=10)  # the round after boot: then nothing is in flight
+            await backend.call(INFO.identity, "UpdateFirmware", {"location": "ftp://127.0.0.1/fw.bin", "retrieveDate": now_iso()})
+            await backend.wait_for_calls("Heartbeat", 1, timeout=5)
+            await backend.wait_for_calls("FirmwareStatusNotification", 1, timeout=5)
+        frames = [json.loads(r["message"]) for r in backend.of_type("frame", INFO.identity) if r["direction"] == "in"]
+        answer = next(i for i, f in enumerate(frames) if f[0] == 3)  # the CALLRESULT to UpdateFirmware, the one backend call
+        sent_at = {f[2]: i for i, f in enumerate(frames) if f[0] == 2}
+        assert answer < sent_at["FirmwareStatusNotification"] and answer < sent_at["Heartbeat"], frames
+        assert backend.violations == []
