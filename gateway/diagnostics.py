@@ -5,8 +5,9 @@ holding one folder of that name with:
   log.txt, log.jsonl  the recent log records (gateway.event_log.RECENT, the last
                       config.firmware.diagnostics_log_lines), only those from startTime to stopTime
                       when the backend gave them;
-  database.json       the SQLite file: rows per table, the pending outbox by action, open sessions,
-                      recent alarms, file sizes, and PRAGMA integrity_check;
+  database.json       the SQLite file: rows per table, the pending outbox by action and its head,
+                      open sessions, recent alarms (read as gateway.history reads them for the
+                      technician's commands), file sizes, and PRAGMA integrity_check;
   config.yaml         the config file as written, with the value of any secret-looking key and any
                       password in a URL replaced by <redacted> (by design it holds none: passwords
                       and keys live in files of their own);
@@ -23,23 +24,22 @@ presigned URLs, WebDAV, nginx dav) take as they are, and it needs no form field 
 OCPP 1.6 never defined; a backend that wants a form gives an ftp location, the usual one.
 
 Statuses (§4.4): Uploading when the upload begins, then Uploaded, or UploadFailed after the last
-attempt (`retries` after the first, every retryInterval, as for firmware); Idle to a TriggerMessage
-when nothing is under way. The final one is kept in SQLite until the backend answered it. A restart
-during an upload reports UploadFailed: the recent log was the process's own memory (the backend
-may simply ask again). A new GetDiagnostics replaces the one under way.
+attempt (`retries` after the first, every retryInterval, as for firmware; every attempt sends the
+one bundle built when the upload began, which the fileName the backend was given names); Idle to
+a TriggerMessage when nothing is under way. The final one is kept in SQLite until the backend
+answered it. A restart during an upload reports UploadFailed: the recent log was the process's own
+memory (the backend may simply ask again). A new GetDiagnostics replaces the one under way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import io
 import json
 import logging
 import platform
 import re
-import sqlite3
 import sys
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,13 +51,13 @@ from urllib.parse import urlsplit
 
 from ocpp.v16.enums import DiagnosticsStatus
 
-from gateway import __version__
+from gateway import __version__, history
 from gateway.auth_key import AuthKeyStore
 from gateway.clock import Clock, iso, parse_wire_time
 from gateway.errors import StoreError
 from gateway.event_log import RECENT, Event, RecentLog
 from gateway.file_transfer import TransferError, redact, upload
-from gateway.firmware import SCHEMES, Retries
+from gateway.firmware import Retries, check_location
 from gateway.firmware_update import Current, Notify
 from gateway.settings import Config
 from gateway.store import Store
@@ -72,7 +72,6 @@ INTEGRITY_LINES = 20  # PRAGMA integrity_check stops after this many faults
 _SECRET_KEY = re.compile(r"(password|passwd|passphrase|secret|token|credential|auth(orization)?_?key|api_?key|private_?key)", re.I)
 _NAMES_A_FILE = re.compile(r"_(file|path|dir)$", re.I)  # password_file names the file, it is not the password
 _YAML_PAIR = re.compile(r"^(?P<lead>\s*(?:-\s+)?)(?P<key>[A-Za-z_][\w-]*)(?P<sep>\s*:\s+)(?P<value>\S.*?)\s*$")
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s/:@]*):[^\s/@]+@", re.I)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -91,23 +90,9 @@ def upload_url(location: str, file_name: str) -> str:
     return parts._replace(path=path + file_name, fragment="").geturl()
 
 
-def check_location(location: str) -> None:
-    """ValueError with the reason for a location nothing can be uploaded to."""
-    parts = urlsplit(location.strip())
-    if parts.scheme.lower() not in SCHEMES:
-        raise ValueError(f"location scheme {parts.scheme or '(none)'!r} is not one of {', '.join(sorted(SCHEMES))}")
-    if not parts.hostname:
-        raise ValueError("location has no host")
-
-
 def within(events: Iterable[Event], start: float | None, stop: float | None) -> list[Event]:
     """The events from `start` to `stop` (either open)."""
     return [e for e in events if (start is None or e.time >= start) and (stop is None or e.time <= stop)]
-
-
-def redact_text(text: str) -> str:
-    """Passwords in URLs (scheme://user:password@host) replaced."""
-    return _URL_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text)
 
 
 def redact_config(text: str) -> str:
@@ -119,7 +104,7 @@ def redact_config(text: str) -> str:
         match = _YAML_PAIR.match(line)
         if match and _SECRET_KEY.search(match["key"]) and not _NAMES_A_FILE.search(match["key"]) and not match["value"].startswith("#"):
             line = f"{match['lead']}{match['key']}{match['sep']}{REDACTED}"
-        lines.append(redact_text(line))
+        lines.append(redact(line, REDACTED))
     return "\n".join(lines) + "\n"
 
 
@@ -141,37 +126,31 @@ def _json(data: object) -> bytes:
 # --- I/O: what the bundle reads ----------------------------------------------------------------
 
 
-def database_summary(path: Path) -> dict[str, Any]:
-    """What a technician asks of the database first; read-only, safe while the daemon writes."""
+def database_summary(path: Path, now: float) -> dict[str, Any]:
+    """What a technician asks of the database first: read as `charger-gateway queue` and `sessions` read it
+    (gateway.history, a read-only connection), safe while the daemon writes."""
     summary: dict[str, Any] = {"path": str(path), "present": path.is_file()}
     if not summary["present"]:
         return summary
     summary["bytes"] = {part.name: part.stat().st_size for part in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if part.is_file()}
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)) as db:
+        with history.read_only(path) as db:
+            # First what needs no table of ours: a damaged or foreign file still tells this much.
+            summary["integrity_check"] = [row[0] for row in db.execute(f"PRAGMA integrity_check({INTEGRITY_LINES})")]
             tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
             summary["rows"] = {table: db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] for table in tables}
-            if "outbox" in tables:
-                summary["outbox_pending"] = dict(db.execute("SELECT action, count(*) FROM outbox GROUP BY action ORDER BY action").fetchall())
-                head = db.execute("SELECT seq, action, attempts FROM outbox ORDER BY seq LIMIT 1").fetchone()
-                summary["outbox_head"] = None if head is None else {"seq": head[0], "action": head[1], "attempts": head[2]}
-            if "sessions" in tables:  # no idTag: a card number is personal data the bundle does not need
-                summary["open_sessions"] = [
-                    {"connector": c, "session": key, "started": iso(started), "transaction_id": tx}
-                    for c, key, started, tx in db.execute(
-                        "SELECT connector_id, key, started, transaction_id FROM sessions WHERE stopped IS NULL ORDER BY connector_id"
-                    )
-                ]
-            if "events" in tables:
-                summary["recent_alarms"] = [
-                    {"time": iso(wall), "connector": c, "text": json.loads(data).get("text")}
-                    for wall, c, data in db.execute(
-                        "SELECT wall, connector_id, data FROM events WHERE kind = 'alarm' ORDER BY id DESC LIMIT ?", (RECENT_ALARMS,)
-                    )
-                ]
-            summary["integrity_check"] = [row[0] for row in db.execute(f"PRAGMA integrity_check({INTEGRITY_LINES})")]
-    except sqlite3.Error as exc:
-        summary["error"] = f"{type(exc).__name__}: {exc}"
+            queue = history.queue(db, 1)
+            summary["outbox_pending"], summary["outbox_bytes"] = queue.by_action, queue.bytes
+            summary["outbox_head"] = queue.head[0].to_json(now) if queue.head else None
+            summary["open_sessions"] = [  # no idTag: a card number is personal data the bundle does not need
+                {"connector": s.connector, "session": s.key, "started": iso(s.started), "transaction_id": s.transaction_id}
+                for s in history.sessions(db, now, now) if s.stopped is None
+            ]
+            summary["recent_alarms"] = [
+                {"time": iso(a.time), "connector": a.connector, "text": a.text} for a in history.recorded_alarms(db, 0.0, RECENT_ALARMS)
+            ]
+    except StoreError as exc:
+        summary["error"] = str(exc)
     return summary
 
 
@@ -221,9 +200,9 @@ def _config_text(path: Path) -> bytes:
 def build_bundle(config: Config, folder: str, events: Sequence[Event], now: float) -> bytes:
     """The whole bundle (blocking: run it in a thread)."""
     files = {
-        "log.txt": redact_text("".join(e.line() + "\n" for e in events)).encode(),
-        "log.jsonl": redact_text("".join(json.dumps(e.to_json(), default=str) + "\n" for e in events)).encode(),
-        "database.json": _json(database_summary(config.storage.path)),
+        "log.txt": redact("".join(e.line() + "\n" for e in events), REDACTED).encode(),
+        "log.jsonl": redact("".join(json.dumps(e.to_json(), default=str) + "\n" for e in events), REDACTED).encode(),
+        "database.json": _json(database_summary(config.storage.path, now)),
         "config.yaml": _config_text(config.source),
         "secrets.json": _json(secret_files(config)),
         "version.json": _json(version_info(config.charge_point.identity, now)),
@@ -296,12 +275,17 @@ class Diagnostics:
     async def _carry_out(self, job: Upload) -> None:
         where = redact(job.url)
         await self._enter(DiagnosticsStatus.uploading, job.file_name)
+        events = within(self._recent.recent(self.config.firmware.diagnostics_log_lines), job.start, job.stop)
+        try:
+            bundle = await asyncio.to_thread(build_bundle, self.config, job.file_name.removesuffix(".tar.gz"), events, self.clock.wall())
+        except OSError as exc:  # a file vanished while it was read: nothing to upload, the backend may ask again
+            log.error("diagnostics %s not built: %s", job.file_name, exc)
+            await self._final(DiagnosticsStatus.upload_failed, job.file_name)
+            return
         for attempt in range(1, job.retries.attempts + 1):
             try:
-                events = within(self._recent.recent(self.config.firmware.diagnostics_log_lines), job.start, job.stop)
-                bundle = await asyncio.to_thread(build_bundle, self.config, job.file_name.removesuffix(".tar.gz"), events, self.clock.wall())
                 await upload(job.url, bundle, self.config.firmware.download_timeout_s)
-            except (TransferError, OSError) as exc:
+            except TransferError as exc:
                 log.warning("diagnostics upload attempt %d of %d failed: %s", attempt, job.retries.attempts, exc)
                 if attempt < job.retries.attempts:
                     await asyncio.sleep(job.retries.interval_s)

@@ -30,6 +30,7 @@ import contextlib
 import ftplib
 import http.client
 import os
+import re
 import socket
 import ssl
 import threading
@@ -46,6 +47,8 @@ MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
 _GET_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PUT_REDIRECTS = frozenset({307, 308})  # the others would turn a PUT into a GET
+# scheme://user:password@ (up to the last @ before the path: a password may hold one unencoded)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s/:@]*):[^\s/]*@", re.I)
 
 T = TypeVar("T")
 
@@ -54,13 +57,9 @@ class TransferError(GatewayError):
     """One download or upload attempt failed; another may succeed. The text says why, without secrets."""
 
 
-def redact(url: str) -> str:
-    """The URL with its password (if any) replaced, for logs and reports."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+def redact(text: str, mask: str = "***") -> str:
+    """A URL, or any text, with the password of every URL in it (scheme://user:password@host) replaced, for logs and reports."""
+    return _URL_PASSWORD.sub(rf"\g<head>:{mask}@", text)
 
 
 async def download(url: str, dest: Path, timeout_s: float) -> int:

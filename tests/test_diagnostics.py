@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import logging
+import sqlite3
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from gateway.diagnostics import (
     Diagnostics,
     bundle_name,
     check_location,
+    database_summary,
     make_bundle,
     redact_config,
     upload_url,
@@ -254,3 +256,19 @@ async def test_bad_requests_are_refused_with_the_reason(tmp_path: Path) -> None:
     ):
         with pytest.raises(ValueError, match=reason):
             await diagnostics.request(payload)
+
+
+def test_a_database_that_is_not_the_gateways_is_still_summarised(tmp_path: Path) -> None:
+    """A foreign or damaged file: the integrity check and the row counts come first, then the error, never a crash."""
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE things (x)")
+        db.execute("INSERT INTO things VALUES (1)")
+    db.close()
+    summary = database_summary(foreign, 0.0)
+    assert summary["integrity_check"] == ["ok"] and summary["rows"] == {"things": 1} and "outbox" in summary["error"]
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    summary = database_summary(garbage, 0.0)
+    assert summary["present"] and "integrity_check" not in summary and summary["error"]
+    assert database_summary(tmp_path / "none.db", 0.0) == {"path": str(tmp_path / "none.db"), "present": False}
