@@ -69,20 +69,26 @@ class OcppLink(ChargePoint):
         for action, handler in handlers.items():
             self.route_map[action] = {"_on_action": _library_handler(action, handler)}
         self._after_answer = after_answer  # runs once the answer to a backend command has gone out
+        self._call_handled = False
         self._monotonic = monotonic
         self.last_call_sent = self.last_received = monotonic()
 
     async def _handle_call(self, msg: Call) -> None:
+        self._call_handled = True
         try:
             await super()._handle_call(msg)
         except FormatViolationError as exc:
             # OCPP-J 1.6 §4.2.3 spells this error code FormationViolation (2.0 renamed it); the library uses the new name.
             raise FormationViolationError(description=exc.description, details=exc.details) from None
-        self._after_answer()
 
     async def route_message(self, raw_msg: str) -> None:
         self.last_received = self._monotonic()
-        await super().route_message(raw_msg)
+        self._call_handled = False
+        try:
+            await super().route_message(raw_msg)  # a backend command's CALLRESULT or CALLERROR is sent in here
+        finally:
+            if self._call_handled:  # answered, or refused: either way nothing waits for its answer any more
+                self._after_answer()
 
     async def call_wire(self, action: str, payload: dict, unique_id: str) -> dict:
         """ChargePoint.call for a payload already in wire form (camelCase), as the outbox stores it.

@@ -51,7 +51,7 @@ from gateway.uplink import Uplink
 from tests.clocks import HandClock
 from tests.file_servers import FTP_PASSWORD, Backend, HttpFiles, ftp_files, http_files, kept_once_reported, until
 from tests.loopback import free_port
-from tests.ocpp_rpc_peer import OcppRpcBackend
+from tests.ocpp_rpc_peer import OcppCallError, OcppRpcBackend
 from tests.uplinks import CLOCK, INFO, running, statuses
 
 IMAGE = b"charger-gateway 1.1 image\n"
@@ -531,3 +531,23 @@ async def test_notices_and_triggered_messages_follow_the_answer_to_the_command(t
         sent_at = {f[2]: i for i, f in enumerate(frames) if f[0] == 2}
         assert answer < sent_at["FirmwareStatusNotification"] and answer < sent_at["Heartbeat"], frames
         assert backend.violations == []
+
+
+async def test_a_command_refused_with_a_callerror_holds_no_notice_back(tmp_path: Path) -> None:
+    """Our answer failed validation, so the backend got a CALLERROR instead: the answer is out all the same,
+    and a notice the handler queued must follow it, not wait for the next command (or reconnect)."""
+    store = await Store.open(tmp_path / "gw.db")
+    async with OcppRpcBackend() as backend:
+        uplink: Uplink
+
+        async def clear_cache(payload: dict[str, Any]) -> dict[str, Any]:
+            uplink.notify("FirmwareStatusNotification", {"status": "Idle"})
+            return {"status": "Bogus"}  # not in ClearCacheStatus: the library refuses to send it
+
+        settings = BackendSettings(url=backend.url, insecure_lab_mode=True)
+        uplink = Uplink(INFO, settings, OcppSettings(), store, CLOCK, statuses, {"ClearCache": clear_cache})
+        async with running(uplink):
+            await backend.wait_for_calls("StatusNotification", 3, timeout=10)
+            with pytest.raises(OcppCallError):
+                await backend.call(INFO.identity, "ClearCache", {})
+            await backend.wait_for_calls("FirmwareStatusNotification", 1, timeout=5)
