@@ -99,6 +99,11 @@ class Control:
         self.firmware = FirmwareUpdater(config.firmware, state_dir / "firmware", store, clock, cluster.notify)
         self.diagnostics = Diagnostics(config, store, clock, cluster.notify)
 
+    def reload(self, config: Config) -> None:
+        """A reloaded config (gateway.reload): the commands and the firmware and diagnostics tasks use it from now on."""
+        self.config = self.diagnostics.config = config
+        self.firmware.settings = config.firmware
+
     # --- persistence ---------------------------------------------------------------
 
     def _seed(self) -> dict[str, str]:

@@ -546,8 +546,8 @@ class Daemon:
 
     def _apply(self, new: Config) -> None:
         plan = plan_reload(self.config, new)
-        self.config = self.control.config = self.control.diagnostics.config = plan.config
-        self.control.firmware.settings = plan.config.firmware
+        self.config = plan.config
+        self.control.reload(plan.config)
         self._free_tags = {c.id: c.id_tag or plan.config.authorization.free_charging_id_tag for c in plan.config.connectors}
         self.store.budget_bytes = int(plan.config.storage.outbox_budget_mb * 1e6)
         self.uplink.backend = dataclasses.replace(plan.config.backend, ping_interval_s=self.uplink.backend.ping_interval_s)
