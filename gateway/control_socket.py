@@ -61,7 +61,6 @@ RETRY_S = 30.0  # a socket that could not be made is tried again this often (qui
 RECORDED_ALARMS_S = 86_400.0  # status shows the alarms the daemon recorded this long ago or later
 DEFAULT_TIMEOUT_S = 1.0  # a diagnostic request to a unit no profile describes
 TRIGGERS = ("StatusNotification", "MeterValues")
-MAX_EVENTS = 5000  # the size of the daemon's ring of recent events (event_log.RecentLog)
 
 
 class RequestError(GatewayError):
@@ -149,7 +148,7 @@ def parse_request(line: bytes) -> Request:
         follow = doc.get("follow", False)
         if not isinstance(follow, bool):
             raise RequestError(f"follow must be true or false, not {follow!r}")
-        return EventsRequest(_int(doc, "last", 0, MAX_EVENTS, 20), follow)
+        return EventsRequest(_int(doc, "last", 0, RECENT.capacity, 20), follow)
     if op == "trigger":
         message, connector = doc.get("message", "StatusNotification"), doc.get("connector")
         if message not in TRIGGERS:

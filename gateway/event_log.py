@@ -66,6 +66,11 @@ class RecentLog(logging.Handler):
             with contextlib.suppress(RuntimeError):  # the follower's loop has closed
                 loop.call_soon_threadsafe(_offer, queue, event)
 
+    @property
+    def capacity(self) -> int:
+        """How many events the ring keeps."""
+        return self._ring.maxlen or 0
+
     def recent(self, count: int | None = None) -> list[Event]:
         with self._guard:
             events = list(self._ring)
