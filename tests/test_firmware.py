@@ -321,13 +321,18 @@ async def test_a_bad_checksum_is_a_failed_download_and_nothing_is_installed(rig:
     await stop(task)
 
 
-async def test_a_failed_install_rolls_back_to_the_previous_image(rig: Rig, web: HttpFiles) -> None:
+async def one_good_update(rig: Rig, web: HttpFiles) -> None:
+    """1.0 updated to 1.1 (kept as the way back); then a broken image to serve, and the backend's record cleared."""
     web.files["/1.1.deb"], web.files["/broken.deb"] = IMAGE, BROKEN
     first = rig.updater("1.0")
     task = asyncio.create_task(first.run())
     await first.request({"location": web.url("/1.1.deb"), "retrieveDate": now_iso()})
     await asyncio.wait_for(task, 5)
     rig.backend.sent.clear()
+
+
+async def test_a_failed_install_rolls_back_to_the_previous_image(rig: Rig, web: HttpFiles) -> None:
+    await one_good_update(rig, web)
     after_restart = rig.updater("1.1")
     task = asyncio.create_task(after_restart.run())
     await after_restart.request({"location": web.url("/broken.deb"), "retrieveDate": now_iso()})
@@ -342,12 +347,7 @@ async def test_a_failed_install_rolls_back_to_the_previous_image(rig: Rig, web: 
 async def test_a_restart_during_the_rollback_ends_the_update_without_a_second_rollback(rig: Rig, web: HttpFiles, tmp_path: Path) -> None:
     """An install command that restarts the daemon (a package's postinst) restarts it during the rollback too:
     the restarted daemon runs the version it went back to, reports InstallationFailed and leaves it there."""
-    web.files["/1.1.deb"], web.files["/broken.deb"] = IMAGE, BROKEN
-    first = rig.updater("1.0")
-    task = asyncio.create_task(first.run())
-    await first.request({"location": web.url("/1.1.deb"), "retrieveDate": now_iso()})
-    await asyncio.wait_for(task, 5)
-    rig.backend.sent.clear()
+    await one_good_update(rig, web)
     slow_rollback = tmp_path / "slow_rollback.py"  # records, then takes its time on the kept image: the restart comes then
     slow_rollback.write_text(INSTALL_SCRIPT.replace("sys.exit(", f"import time\ntime.sleep(30 if image == {IMAGE!r} else 0)\nsys.exit("))
     rig.settings = replace(rig.settings, install_command=(sys.executable, str(slow_rollback), "{file}", str(rig.record)))
